@@ -160,7 +160,6 @@ def scan_images(
         stream = progress
     n = len(paths)
     head = f"checking {n} image{'s' if n != 1 else ''} in {where} ..."
-    steps = max(1, n // 10)
     infos: list[ImageInfo] = []
     errors: list[DataError] = []
 
@@ -180,7 +179,7 @@ def scan_images(
             errors.append(e)
         if k == n:
             show(k, " failed\n" if errors else "\n")
-        elif k % steps == 0:
+        elif 10 * k // n > 10 * (k - 1) // n:  # crossed a 10% mark: at most 9 updates in between
             show(k)
     if errors:
         first = errors[0]
@@ -222,10 +221,10 @@ def open_image(path: str | Path, channels: int | None = None) -> Image.Image:
 
 def to_array(img: Image.Image) -> np.ndarray:
     """Pillow ``L``/``RGB`` image -> uint8 [H, W, C] (C = 1 or 3), contiguous."""
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 def load_image_file(path: str | Path, channels: int | None = None) -> np.ndarray:
