@@ -95,6 +95,8 @@ def _read_reason(e: BaseException) -> str:
         return "is a folder"
     if isinstance(e, Image.DecompressionBombError):
         return f"image too large ({e})"
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "truncated or not an image"
     detail = str(e).strip()
     return "truncated or not an image" + (f" ({detail})" if detail else "")
 
