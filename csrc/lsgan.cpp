@@ -1,0 +1,143 @@
+// LSGAN over multi-scale outputs on CPU buffers: loss = SUM_s MEAN((pred_s - target_s)^2), and its gradient
+// 2 * (pred_s - target_s) / numel_s * grad. One parallel pass over all segments (scales, or fake + real).
+#include "common.h"
+#include "vec.h"
+
+namespace bicycle {
+namespace {
+
+struct Task {
+  int64_t seg, lo, hi;
+};
+
+template <class T>
+std::vector<View<T>> views(const py::list& arrays, const char* op, const char* arg, bool writable) {
+  std::vector<View<T>> out;
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    const std::string name = std::string(arg) + "[" + std::to_string(i) + "]";
+    auto v = view<T>(arrays[i].cast<py::array>(), op, name.c_str(), writable);
+    if (v.size == 0) throw py::value_error(std::string(op) + ": argument '" + name + "' is empty");
+    out.push_back(v);
+  }
+  return out;
+}
+
+template <class T>
+std::vector<Task> tasks_of(const std::vector<View<T>>& segs) {
+  std::vector<Task> tasks;
+  for (size_t s = 0; s < segs.size(); ++s) {
+    for (int64_t lo = 0; lo < segs[s].size; lo += kChunk) {
+      tasks.push_back({static_cast<int64_t>(s), lo, std::min(segs[s].size, lo + kChunk)});
+    }
+  }
+  return tasks;
+}
+
+std::vector<double> targets_of(const py::list& preds, const py::list& targets, const char* op) {
+  if (preds.size() == 0) throw py::value_error(std::string(op) + ": argument 'preds' is an empty list");
+  if (targets.size() != preds.size()) {
+    throw py::value_error(std::string(op) + ": argument 'targets' has " + std::to_string(targets.size()) +
+                          " entries, expected one per pred (" + std::to_string(preds.size()) + ")");
+  }
+  std::vector<double> t;
+  for (auto item : targets) t.push_back(item.cast<double>());
+  return t;
+}
+
+template <class T>
+double forward_typed(const py::list& preds, const std::vector<double>& targets, int nt) {
+  auto segs = views<T>(preds, "lsgan_forward", "preds", false);
+  auto tasks = tasks_of(segs);
+  std::vector<double> partial(tasks.size(), 0.0);
+  {
+    py::gil_scoped_release release;
+    parallel_for(static_cast<int64_t>(tasks.size()), nt, [&](int64_t k) {
+      const Task& t = tasks[k];
+      const T* p = segs[t.seg].data;
+      const T target = static_cast<T>(targets[t.seg]);
+      double acc = 0.0;
+      T sq[kRow];
+      for (int64_t r = t.lo; r < t.hi; r += kRow) {
+        const int64_t m = std::min(kRow, t.hi - r), m8 = (m + 7) & ~int64_t(7);
+        for (int64_t i = 0; i < m; ++i) {
+          const T d = p[r + i] - target;
+          sq[i] = d * d;
+        }
+        for (int64_t i = m; i < m8; ++i) sq[i] = T(0);
+        acc += lane_sum(sq, m8);
+      }
+      partial[k] = acc;
+    });
+  }
+  std::vector<double> per_seg(segs.size(), 0.0);
+  for (size_t k = 0; k < tasks.size(); ++k) per_seg[tasks[k].seg] += partial[k];
+  double loss = 0.0;
+  for (size_t s = 0; s < segs.size(); ++s) loss += per_seg[s] / static_cast<double>(segs[s].size);
+  return loss;
+}
+
+template <class T>
+void backward_typed(const py::list& preds, const std::vector<double>& targets, double grad, const py::list& outs,
+                    int nt) {
+  const char* op = "lsgan_backward";
+  auto segs = views<T>(preds, op, "preds", false);
+  auto dsts = views<T>(outs, op, "grads_out", true);
+  if (dsts.size() != segs.size()) {
+    throw py::value_error(std::string(op) + ": argument 'grads_out' has " + std::to_string(dsts.size()) +
+                          " entries, expected one per pred (" + std::to_string(segs.size()) + ")");
+  }
+  for (size_t s = 0; s < segs.size(); ++s) {
+    const std::string a = "preds[" + std::to_string(s) + "]", b = "grads_out[" + std::to_string(s) + "]";
+    same_shape(segs[s], dsts[s], op, a.c_str(), b.c_str());
+  }
+  auto tasks = tasks_of(segs);
+  py::gil_scoped_release release;
+  parallel_for(static_cast<int64_t>(tasks.size()), nt, [&](int64_t k) {
+    const Task& t = tasks[k];
+    const T* p = segs[t.seg].data;
+    T* d = dsts[t.seg].data;
+    const T target = static_cast<T>(targets[t.seg]);
+    const T scale = static_cast<T>(2.0 * grad / static_cast<double>(segs[t.seg].size));
+    for (int64_t i = t.lo; i < t.hi; ++i) d[i] = (p[i] - target) * scale;
+  });
+}
+
+bool first_is_f32(const py::list& preds, const char* op) {
+  auto a = preds[0].cast<py::array>();
+  if (a.dtype().is(py::dtype::of<float>())) return true;
+  if (a.dtype().is(py::dtype::of<double>())) return false;
+  throw py::type_error(std::string(op) + ": argument 'preds[0]' has dtype " + dtype_name(a) +
+                       ", expected float32 or float64 (convert other dtypes in Python)");
+}
+
+}  // namespace
+
+void bind_lsgan(py::module_& m) {
+  m.def(
+      "lsgan_forward",
+      [](const py::list& preds, const py::list& targets, int num_threads) {
+        const char* op = "lsgan_forward";
+        auto t = targets_of(preds, targets, op);
+        check_threads(num_threads, op);
+        return first_is_f32(preds, op) ? forward_typed<float>(preds, t, num_threads)
+                                       : forward_typed<double>(preds, t, num_threads);
+      },
+      py::arg("preds"), py::arg("targets"), py::arg("num_threads") = 1,
+      "SUM over i of MEAN((preds[i] - targets[i])^2); preds: C-contiguous arrays of one float dtype.");
+  m.def(
+      "lsgan_backward",
+      [](const py::list& preds, const py::list& targets, double grad, const py::list& grads_out, int num_threads) {
+        const char* op = "lsgan_backward";
+        auto t = targets_of(preds, targets, op);
+        check_threads(num_threads, op);
+        if (first_is_f32(preds, op)) {
+          backward_typed<float>(preds, t, grad, grads_out, num_threads);
+        } else {
+          backward_typed<double>(preds, t, grad, grads_out, num_threads);
+        }
+      },
+      py::arg("preds"), py::arg("targets"), py::arg("grad"), py::arg("grads_out"), py::arg("num_threads") = 1,
+      "Writes grads_out[i] = 2 * (preds[i] - targets[i]) / preds[i].size * grad.");
+}
+
+}  // namespace bicycle

@@ -1,0 +1,152 @@
+// reparam_kl on CPU buffers: z = mu + eps * exp(logvar / 2),
+// kl = -0.5 * w * SUM(1 + logvar - mu^2 - exp(logvar)), with the backward in one pass.
+#include <cmath>
+
+#include "common.h"
+#include "vec.h"
+
+namespace bicycle {
+namespace {
+
+// exp(logvar) is taken as s * s (s = exp(logvar / 2)): one exp per element, within 2 ulp.
+template <class T>
+double forward_impl(const T* mu, const T* lv, const T* eps, T* z, int64_t n, double w, int nt) {
+  std::vector<double> partial(num_chunks(n), 0.0);
+  py::gil_scoped_release release;
+  parallel_for(num_chunks(n), nt, [&](int64_t c) {
+    const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
+    double acc = 0.0;
+    T term[kRow];
+    for (int64_t r = lo; r < hi; r += kRow) {
+      const int64_t m = std::min(kRow, hi - r);
+      const T *pm = mu + r, *pl = lv + r, *pe = eps + r;
+      T* pz = z + r;
+      for (int64_t i = 0; i < m; ++i) {
+        const T s = exp_vec(T(0.5) * pl[i]);
+        pz[i] = pm[i] + pe[i] * s;
+        term[i] = T(1) + pl[i] - pm[i] * pm[i] - s * s;
+      }
+      for (int64_t i = m; i < ((m + 7) & ~int64_t(7)); ++i) term[i] = T(0);
+      acc += lane_sum(term, (m + 7) & ~int64_t(7));
+    }
+    partial[c] = acc;
+  });
+  double total = 0.0;  // summed in chunk order: the result does not depend on the thread count
+  for (double p : partial) total += p;
+  return -0.5 * w * total;
+}
+
+// d z / d mu = 1, d z / d logvar = eps s / 2, d z / d eps = s; d kl / d mu = w mu, d kl / d logvar = w (s^2 - 1) / 2.
+template <class T, bool HasGz, bool HasDeps>
+void backward_loop(const T* mu, const T* lv, const T* eps, const T* gz, T a, T b, T* dmu, T* dlv, T* deps,
+                   int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) {
+    const T s = exp_vec(T(0.5) * lv[i]);
+    const T g = HasGz ? gz[i] : T(0);
+    dmu[i] = g + a * mu[i];
+    dlv[i] = T(0.5) * g * eps[i] * s + b * (s * s - T(1));
+    if (HasDeps) deps[i] = g * s;
+  }
+}
+
+template <class T>
+void backward_impl(const T* mu, const T* lv, const T* eps, const T* gz, double gkl, double w, T* dmu, T* dlv,
+                   T* deps, int64_t n, int nt) {
+  const T a = static_cast<T>(gkl * w), b = static_cast<T>(0.5 * gkl * w);
+  py::gil_scoped_release release;
+  parallel_for(num_chunks(n), nt, [&](int64_t c) {
+    const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
+    if (gz && deps) {
+      backward_loop<T, true, true>(mu, lv, eps, gz, a, b, dmu, dlv, deps, lo, hi);
+    } else if (gz) {
+      backward_loop<T, true, false>(mu, lv, eps, gz, a, b, dmu, dlv, deps, lo, hi);
+    } else {
+      backward_loop<T, false, false>(mu, lv, eps, gz, a, b, dmu, dlv, deps, lo, hi);
+    }
+  });
+}
+
+template <class T>
+double forward_typed(const py::array& mu, const py::array& lv, const py::array& eps, const py::array& z, double w,
+                     int nt) {
+  const char* op = "reparam_kl_forward";
+  auto vm = view<T>(mu, op, "mu"), vl = view<T>(lv, op, "logvar"), ve = view<T>(eps, op, "eps");
+  auto vz = view<T>(z, op, "z_out", true);
+  same_shape(vm, vl, op, "mu", "logvar");
+  same_shape(vm, ve, op, "mu", "eps");
+  same_shape(vm, vz, op, "mu", "z_out");
+  return forward_impl<T>(vm.data, vl.data, ve.data, vz.data, vm.size, w, nt);
+}
+
+template <class T>
+void backward_typed(const py::array& mu, const py::array& lv, const py::array& eps, const py::object& gz, double gkl,
+                    double w, const py::array& dmu, const py::array& dlv, const py::object& deps, int nt) {
+  const char* op = "reparam_kl_backward";
+  auto vm = view<T>(mu, op, "mu"), vl = view<T>(lv, op, "logvar"), ve = view<T>(eps, op, "eps");
+  auto vdm = view<T>(dmu, op, "dmu_out", true), vdl = view<T>(dlv, op, "dlogvar_out", true);
+  same_shape(vm, vl, op, "mu", "logvar");
+  same_shape(vm, ve, op, "mu", "eps");
+  same_shape(vm, vdm, op, "mu", "dmu_out");
+  same_shape(vm, vdl, op, "mu", "dlogvar_out");
+  const T* pgz = nullptr;
+  T* pde = nullptr;
+  if (!gz.is_none()) {
+    auto vg = view<T>(gz.cast<py::array>(), op, "grad_z");
+    same_shape(vm, vg, op, "mu", "grad_z");
+    pgz = vg.data;
+  }
+  if (!deps.is_none()) {
+    auto vd = view<T>(deps.cast<py::array>(), op, "deps_out", true);
+    same_shape(vm, vd, op, "mu", "deps_out");
+    pde = vd.data;
+  }
+  backward_impl<T>(vm.data, vl.data, ve.data, pgz, gkl, w, vdm.data, vdl.data, pde, vm.size, nt);
+}
+
+bool is_f32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
+bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+
+void check_float(const py::array& a, const char* op) {
+  if (!is_f32(a) && !is_f64(a)) {
+    throw py::type_error(std::string(op) + ": argument 'mu' has dtype " + dtype_name(a) +
+                         ", expected float32 or float64 (convert other dtypes in Python)");
+  }
+}
+
+}  // namespace
+
+void bind_reparam_kl(py::module_& m) {
+  m.def(
+      "reparam_kl_forward",
+      [](const py::array& mu, const py::array& logvar, const py::array& eps, const py::array& z_out, double kl_weight,
+         int num_threads) {
+        check_float(mu, "reparam_kl_forward");
+        check_threads(num_threads, "reparam_kl_forward");
+        if (is_f32(mu)) return forward_typed<float>(mu, logvar, eps, z_out, kl_weight, num_threads);
+        return forward_typed<double>(mu, logvar, eps, z_out, kl_weight, num_threads);
+      },
+      py::arg("mu"), py::arg("logvar"), py::arg("eps"), py::arg("z_out"), py::arg("kl_weight"),
+      py::arg("num_threads") = 1,
+      "Writes z = mu + eps * exp(logvar / 2) into z_out and returns the weighted KL sum. All [N, nz], "
+      "C-contiguous, one float dtype.");
+  m.def(
+      "reparam_kl_backward",
+      [](const py::array& mu, const py::array& logvar, const py::array& eps, const py::object& grad_z, double grad_kl,
+         double kl_weight, const py::array& dmu_out, const py::array& dlogvar_out, const py::object& deps_out,
+         int num_threads) {
+        check_float(mu, "reparam_kl_backward");
+        check_threads(num_threads, "reparam_kl_backward");
+        if (is_f32(mu)) {
+          backward_typed<float>(mu, logvar, eps, grad_z, grad_kl, kl_weight, dmu_out, dlogvar_out, deps_out,
+                                num_threads);
+        } else {
+          backward_typed<double>(mu, logvar, eps, grad_z, grad_kl, kl_weight, dmu_out, dlogvar_out, deps_out,
+                                 num_threads);
+        }
+      },
+      py::arg("mu"), py::arg("logvar"), py::arg("eps"), py::arg("grad_z"), py::arg("grad_kl"), py::arg("kl_weight"),
+      py::arg("dmu_out"), py::arg("dlogvar_out"), py::arg("deps_out") = py::none(), py::arg("num_threads") = 1,
+      "Gradients of (z, kl) w.r.t. mu, logvar (and eps when deps_out is given) in one pass; grad_z may be None.");
+}
+
+}  // namespace bicycle
