@@ -60,6 +60,8 @@ void backward_impl(const T* mu, const T* lv, const T* eps, const T* gz, double g
       backward_loop<T, true, true>(mu, lv, eps, gz, a, b, dmu, dlv, deps, lo, hi);
     } else if (gz) {
       backward_loop<T, true, false>(mu, lv, eps, gz, a, b, dmu, dlv, deps, lo, hi);
+    } else if (deps) {
+      backward_loop<T, false, true>(mu, lv, eps, gz, a, b, dmu, dlv, deps, lo, hi);  // deps = 0
     } else {
       backward_loop<T, false, false>(mu, lv, eps, gz, a, b, dmu, dlv, deps, lo, hi);
     }
