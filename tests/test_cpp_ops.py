@@ -23,11 +23,11 @@ SHAPES = [(1, 1), (1, 8), (2, 1), (7, 13), (33, 8), (4099, 3)]
 def _inputs(shape, dtype, seed=0, noncontig=False):
     g = torch.Generator().manual_seed(seed)
     full = (shape[0], shape[1] * 2) if noncontig else shape
-    mu, lv, eps = (torch.randn(full, generator=g, dtype=torch.float64) for _ in range(3))
+    ts = [torch.randn(full, generator=g, dtype=torch.float64).to(dtype) for _ in range(3)]
     if noncontig:
-        mu, lv, eps = mu[:, ::2], lv[:, ::2], eps[:, ::2]
-        assert not mu.is_contiguous()
-    return [t.to(dtype) for t in (mu, lv, eps)]
+        ts = [t[:, ::2] for t in ts]
+        assert not ts[0].is_contiguous()
+    return ts
 
 
 def _reparam_case(shape, dtype, impl, noncontig=False, w=0.01):
@@ -110,8 +110,8 @@ def _preds(sizes, dtype, seed=0, noncontig=False):
     g = torch.Generator().manual_seed(seed)
     out = []
     for n, h, w in sizes:
-        t = torch.randn(n, 1, h, w * (2 if noncontig else 1), generator=g, dtype=torch.float64)
-        out.append((t[..., ::2] if noncontig else t).to(dtype).requires_grad_(True))
+        t = torch.randn(n, 1, h, w * (2 if noncontig else 1), generator=g, dtype=torch.float64).to(dtype)
+        out.append((t[..., ::2] if noncontig else t).detach().requires_grad_(True))
     return out
 
 
@@ -139,6 +139,7 @@ def test_lsgan_matches_reference(sizes, dtype, target):
 @pytest.mark.parametrize("noncontig", [False, True])
 def test_lsgan_d_matches_reference(sizes, noncontig):
     fake, real = _preds(sizes, torch.float64, 1, noncontig), _preds(sizes, torch.float64, 2, noncontig)
+    assert all(not p.is_contiguous() for p in fake) == noncontig
     loss = ops.lsgan_d(fake, real, impl="cpp")
     loss_r = lsgan_d_ref(fake, real)
     torch.testing.assert_close(loss, loss_r, rtol=1e-12, atol=1e-12)
