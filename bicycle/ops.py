@@ -104,6 +104,7 @@ def reparam_kl(mu: Tensor, logvar: Tensor, eps: Tensor, kl_weight: float = 1.0, 
 
     mu, logvar, eps: [N, nz]. Returns z [N, nz] and a 0-dim kl. Differentiable in mu, logvar, eps.
     """
+    _reparam.check_inputs(mu, logvar, eps)
     chosen = resolve_impl(impl, mu.device.type, "reparam_kl")
     if chosen == "ref":
         return reparam_kl_ref(mu, logvar, eps, kl_weight)
@@ -122,6 +123,7 @@ def lsgan(preds: Sequence[Tensor], target: float, *, impl: str = "auto") -> Tens
 def lsgan_d(preds_fake: Sequence[Tensor], preds_real: Sequence[Tensor], *, impl: str = "auto") -> Tensor:
     """Discriminator LSGAN loss: lsgan(fake, 0) + lsgan(real, 1). Returns 0-dim."""
     _lsgan.check_preds(preds_fake, "preds_fake")
+    _lsgan.check_preds(preds_real, "preds_real")
     chosen = resolve_impl(impl, preds_fake[0].device.type, "lsgan_d")
     if chosen == "ref":
         return lsgan_d_ref(preds_fake, preds_real)
