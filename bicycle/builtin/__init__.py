@@ -1,0 +1,1 @@
+"""bicycle's own components, registered through the same hooks as third-party plugins."""

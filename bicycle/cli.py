@@ -1,0 +1,197 @@
+"""``bicycle`` command line: a thin layer over the library. Errors become one clear line and a
+non-zero exit (usage errors exit 2)."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from bicycle.errors import BicycleError, ConfigError
+
+PRESET_NOTES = {
+    "demo": "small and fast: 32 px shapes, calibrated to finish within 10 minutes on an idle 2-core CPU",
+    "paper": "the paper's configuration: 256 px, unet256, z at all layers, batch 2, lr 2e-4",
+}
+
+
+def _run(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except BicycleError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bicycle")
+def main() -> None:
+    """bicycle: multimodal image-to-image translation (BicycleGAN)."""
+
+
+# (flag, config key) for the flags that map 1:1 onto config keys.
+_TRAIN_KEYS = {
+    "data": "data.data", "model": "train.model", "backbone": "net.backbone", "inject": "net.inject",
+    "encoder": "net.encoder", "nz": "net.nz", "image_size": "net.image_size", "batch_size": "train.batch_size",
+    "steps": "train.steps", "seed": "train.seed", "device": "train.device", "impl": "train.impl",
+    "norm": "net.norm", "upsample": "net.upsample", "ngf": "net.ngf", "nef": "net.nef", "ndf": "net.ndf",
+    "dropout": "net.dropout", "gan_mode": "net.gan_mode", "direction": "data.direction",
+    "load_size": "data.load_size", "flip": "data.flip", "lr": "optim.lr", "lambda_l1": "loss.l1",
+    "lambda_kl": "loss.kl", "lambda_z": "loss.z", "log_every": "train.log_every",
+    "sample_every": "train.sample_every", "checkpoint_every": "train.checkpoint_every",
+}
+
+
+@main.command()
+@click.option("--data", help="dataset name (see `bicycle plugins`) or a folder (pix2pix layout); an existing path wins")
+@click.option("--model", type=click.Choice(["bicycle", "pix2pix", "cae-gan", "cvae-gan", "clr-gan"]))
+@click.option("--backbone", help="generator backbone, e.g. unet, unet128, unet256")
+@click.option("--inject", help="z-injection strategy, e.g. input, all")
+@click.option("--encoder", type=click.Choice(["resnet", "conv"]))
+@click.option("--nz", type=int, help="latent code size (8)")
+@click.option("--image-size", type=int, help="square image size in px (>= 32)")
+@click.option("--batch-size", type=int)
+@click.option("--steps", type=int, help="training iterations")
+@click.option("--seed", type=int)
+@click.option("--preset", type=click.Choice(sorted(PRESET_NOTES)), default="demo", show_default=True)
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="default: runs/<preset>-<time>")
+@click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="continue this run dir from its latest checkpoint")
+@click.option("--dry-run", is_flag=True, help="print the resolved config and exit")
+@click.option("--impl", type=click.Choice(["auto", "triton", "cpp", "ref"]), help="fused-op implementation")
+@click.option("--norm", type=click.Choice(["instance", "batch", "none"]))
+@click.option("--upsample", type=click.Choice(["basic", "bilinear"]))
+@click.option("--ngf", type=int)
+@click.option("--nef", type=int)
+@click.option("--ndf", type=int)
+@click.option("--dropout/--no-dropout", default=None)
+@click.option("--gan-mode", type=click.Choice(["lsgan", "vanilla"]))
+@click.option("--direction", type=click.Choice(["AtoB", "BtoA"]))
+@click.option("--load-size", type=int, help="resize to this before random crops (folders)")
+@click.option("--flip/--no-flip", default=None, help="random horizontal flips (folders)")
+@click.option("--lr", type=float)
+@click.option("--lambda-l1", type=float)
+@click.option("--lambda-kl", type=float)
+@click.option("--lambda-z", type=float)
+@click.option("--log-every", type=int)
+@click.option("--sample-every", type=int)
+@click.option("--checkpoint-every", type=int)
+@click.pass_context
+def train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool, **flags) -> None:
+    """Train a model; the no-flag default is the demo preset on the built-in `shapes` dataset."""
+    _run(_train, ctx, preset, run_dir, resume_dir, dry_run, flags)
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name == "COMMANDLINE"
+
+
+def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool, flags: dict) -> None:
+    from bicycle.config import PRESETS, replace, validate
+    from bicycle.plugins import get_plugins
+    from bicycle.train.build import build_dataset, resolve
+
+    overrides = {_TRAIN_KEYS[k]: v for k, v in flags.items() if v is not None}
+    registry = get_plugins().registry
+    if resume_dir is not None:
+        from bicycle.io import load_checkpoint
+        from bicycle.train.loop import resume_config
+        stored = load_checkpoint(resume_dir).config
+        given = {_TRAIN_KEYS[k] for k in flags if flags[k] is not None and _given(ctx, k)}
+        if _given(ctx, "preset") and preset != stored.preset:
+            raise ConfigError(f"--resume may only change --steps, the device and logging flags; differs: preset "
+                              f"(run: {stored.preset!r}, requested: {preset!r})")
+        requested = replace(stored, {k: overrides[k] for k in given})
+        cfg = resume_config(stored, requested, given)
+        click.echo(f"bicycle train: resuming {resume_dir} (preset {cfg.preset}) at step "
+                   f"{load_checkpoint(resume_dir).step} of {cfg.train.steps}")
+        run_dir = resume_dir
+    else:
+        cfg = PRESETS[preset]
+        backbone = overrides.get("net.backbone")
+        if backbone and "net.image_size" not in overrides:
+            implied = registry.backbone(backbone).default_image_size
+            if implied:
+                overrides["net.image_size"] = implied
+        cfg = validate(replace(cfg, overrides))
+        click.echo(f"bicycle train: preset {preset} ({PRESET_NOTES[preset]})")
+    if dry_run:
+        cfg = resolve(cfg, registry)
+        click.echo(cfg.to_json())
+        return
+    if run_dir is None:
+        run_dir = Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    elif resume_dir is None and (run_dir / "checkpoints" / "latest").exists():
+        raise ConfigError(f"run dir {run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --run-dir")
+    # Build (and check) the dataset before anything slow, so bad data fails first.
+    build_dataset(cfg, registry, "train")
+    from bicycle.train.loop import train as run_training
+    click.echo(f"model {cfg.train.model}, backbone {cfg.net.backbone}, inject {cfg.net.inject}, "
+               f"{cfg.net.image_size} px, batch {cfg.train.batch_size}, {cfg.train.steps} steps, data {cfg.data.data}; "
+               f"run dir {run_dir}")
+    result = run_training(cfg, run_dir, resume=resume_dir is not None, echo=click.echo)
+    click.echo(f"done in {result.seconds / 60:.1f} min; run dir {result.run_dir}")
+    if result.interrupted:
+        sys.exit(130)
+
+
+@main.command()
+@click.option("--checkpoint", required=True, help="a checkpoint file or a run dir (its latest checkpoint)")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), help="an image or a folder of images (no ground truth)")
+@click.option("--data", help="dataset name or folder: inputs with ground truth (val split)")
+@click.option("--samples", type=int, default=8, show_default=True, help="outputs per input, each from a random z")
+@click.option("--inputs", "n_inputs", type=int, default=8, show_default=True, help="inputs taken from --data")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int, out: Path,
+           seed: int, device: str) -> None:
+    """Write, per input, a grid (input, ground truth and encoded output when known, N random-z outputs)
+    and the individual outputs."""
+    if (input_path is None) == (data is None):
+        raise click.UsageError("give exactly one of --input IMAGE_OR_DIR or --data NAME|PATH")
+    if samples < 1 or n_inputs < 1:
+        raise click.UsageError("--samples and --inputs must be at least 1")
+    from bicycle.sampling import run_sample
+    _run(run_sample, checkpoint, input_path, data, samples, n_inputs, out, seed, device, click.echo)
+
+
+@main.command()
+def plugins() -> None:
+    """List every registered component and the plugin it came from."""
+    from bicycle.plugins import get_plugins
+    p = _run(get_plugins)
+    rows = p.registry.listing()
+    width = max(len(r[1]) for r in rows)
+    for kind in ("backbone", "injector", "dataset"):
+        click.echo(f"{kind}s:")
+        for k, name, plugin, desc in rows:
+            if k == kind:
+                click.echo(f"  {name:<{width}}  [{plugin}]  {desc}")
+    click.echo("plugins loaded: " + ", ".join(p.plugin_names()))
+
+
+@main.command()
+def env() -> None:
+    """Versions, device, which implementation each fused op uses and why, plugins loaded."""
+    from bicycle.envreport import report
+    for line in _run(report):
+        click.echo(line)
+
+
+def _attach_optional_commands() -> None:
+    try:
+        from bicycle.bench import bench
+    except ImportError:
+        return
+    main.add_command(bench, "bench")
+
+
+_attach_optional_commands()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Typed configuration: frozen dataclasses, presets and one validation pass.
+
+The CLI is a thin layer that turns flags into :func:`resolve` arguments and :class:`ConfigError`
+into a usage error. The resolved :class:`RunConfig` is stored in the run dir and inside every
+checkpoint, so weights can be rebuilt without repeating flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from bicycle.errors import ConfigError
+
+MODELS = ("bicycle", "pix2pix", "cae-gan", "cvae-gan", "clr-gan")
+NORMS = ("instance", "batch", "none")
+UPSAMPLES = ("basic", "bilinear")
+ENCODERS = ("resnet", "conv")
+GAN_MODES = ("lsgan", "vanilla")
+DIRECTIONS = ("AtoB", "BtoA")
+MIN_IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture of G, E, D and D2 (paper defaults). Channels are filled in from the dataset."""
+
+    backbone: str = "unet256"
+    inject: str = "all"
+    encoder: str = "resnet"
+    image_size: int = 256
+    in_channels: int = 3
+    out_channels: int = 3
+    nz: int = 8
+    ngf: int = 64
+    nef: int = 64
+    ndf: int = 64
+    norm: str = "instance"
+    upsample: str = "basic"
+    dropout: bool = True
+    d_layers: int = 3
+    d_scales: int = 2
+    gan_mode: str = "lsgan"
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """lambda_* of the paper."""
+
+    l1: float = 10.0
+    kl: float = 0.01
+    z: float = 0.5
+    gan: float = 1.0
+    gan2: float = 1.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam for each of G, E, D, D2; constant LR, then linear decay to 0 from ``decay_start`` (a
+    fraction of the steps) to the end."""
+
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_start: float = 0.5
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data``: a dataset name (see ``bicycle plugins``) or a folder path (an existing path wins)."""
+
+    data: str = "shapes"
+    direction: str = "AtoB"
+    load_size: int | None = None
+    flip: bool = True
+    modes: int = 8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "bicycle"
+    steps: int = 200_000
+    batch_size: int = 2
+    seed: int = 0
+    device: str = "auto"
+    impl: str = "auto"
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str
+    net: NetworkConfig = field(default_factory=NetworkConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> RunConfig:
+        """Strict: an unknown or missing section/key is a ConfigError naming it."""
+        sections = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+        unknown = set(d) - set(sections)
+        if unknown:
+            raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {"preset": d.get("preset", "custom")}
+        for name, cls in _SECTION_TYPES.items():
+            values = d.get(name, {})
+            known = {f.name for f in dataclasses.fields(cls)}
+            bad = set(values) - known
+            if bad:
+                raise ConfigError(f"unknown key(s) in config section {name!r}: {', '.join(sorted(bad))}")
+            kwargs[name] = cls(**values)
+        return RunConfig(**kwargs)
+
+    def flat(self) -> dict[str, Any]:
+        """{"net.nz": 8, ...}: for comparisons and error messages."""
+        out: dict[str, Any] = {"preset": self.preset}
+        for name in _SECTION_TYPES:
+            for k, v in dataclasses.asdict(getattr(self, name)).items():
+                out[f"{name}.{k}"] = v
+        return out
+
+
+_SECTION_TYPES = {
+    "net": NetworkConfig,
+    "loss": LossWeights,
+    "optim": OptimConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
+
+# Keys a resumed run may change; any other difference is a usage error.
+RESUMABLE_KEYS = frozenset(
+    {"train.steps", "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.impl"}
+)
+
+# Presets. "demo" is calibrated to finish in at most 10 minutes on an idle 2-core CPU.
+PRESETS: dict[str, RunConfig] = {
+    "demo": RunConfig(
+        preset="demo",
+        net=NetworkConfig(backbone="unet", inject="all", image_size=32, ngf=32, nef=32, ndf=32, dropout=False),
+        data=DataConfig(data="shapes"),
+        train=TrainConfig(steps=3000, batch_size=8, log_every=25, sample_every=500, checkpoint_every=500),
+    ),
+    "paper": RunConfig(
+        preset="paper",
+        net=NetworkConfig(backbone="unet256", inject="all", image_size=256),
+        train=TrainConfig(steps=200_000, batch_size=2),
+    ),
+}
+
+
+def replace(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply {"net.nz": 16, ...}; None values are ignored. Unknown keys are a ConfigError."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = key.partition(".")
+        if section not in _SECTION_TYPES or name not in {f.name for f in dataclasses.fields(_SECTION_TYPES[section])}:
+            raise ConfigError(f"unknown config key {key!r}")
+        sections.setdefault(section, {})[name] = value
+    kwargs = {s: dataclasses.replace(getattr(cfg, s), **v) for s, v in sections.items()}
+    return dataclasses.replace(cfg, **kwargs)
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """One validation pass over everything that does not need the plugin registry."""
+    n, t, o, d = cfg.net, cfg.train, cfg.optim, cfg.data
+    _choice("train.model", t.model, MODELS)
+    _choice("net.norm", n.norm, NORMS)
+    _choice("net.upsample", n.upsample, UPSAMPLES)
+    _choice("net.encoder", n.encoder, ENCODERS)
+    _choice("net.gan_mode", n.gan_mode, GAN_MODES)
+    _choice("data.direction", d.direction, DIRECTIONS)
+    if n.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"image size {n.image_size} is too small: bicycle supports {MIN_IMAGE_SIZE} px and up")
+    for key, value in (("net.nz", n.nz), ("net.ngf", n.ngf), ("net.nef", n.nef), ("net.ndf", n.ndf),
+                       ("net.d_layers", n.d_layers), ("net.d_scales", n.d_scales), ("train.steps", t.steps),
+                       ("train.batch_size", t.batch_size), ("train.log_every", t.log_every),
+                       ("train.sample_every", t.sample_every), ("train.checkpoint_every", t.checkpoint_every),
+                       ("train.keep_checkpoints", t.keep_checkpoints), ("net.in_channels", n.in_channels),
+                       ("net.out_channels", n.out_channels), ("data.modes", d.modes)):
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if t.model == "bicycle" and t.batch_size % 2:
+        raise ConfigError(f"the bicycle model splits each batch into an encoded and a random half: "
+                          f"train.batch_size must be even, got {t.batch_size}")
+    if d.load_size is not None and d.load_size < n.image_size:
+        raise ConfigError(f"data.load_size ({d.load_size}) must be at least the image size ({n.image_size})")
+    if not 0.0 <= o.decay_start <= 1.0:
+        raise ConfigError(f"optim.decay_start must be within [0, 1], got {o.decay_start}")
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {o.lr}")
+    return cfg

@@ -1,0 +1,188 @@
+"""``shapes``: a procedural dataset with K equally likely modes of B per A and an exact oracle.
+
+A (1 channel): the outline of one random convex shape (ellipse, rectangle or triangle; random
+position, size and rotation), +1 on -1. B (3 channels): the same shape filled with one of K palette
+colours on a grey (0) background. The colour is drawn uniformly and independently of A, so every A
+has K equally likely outputs. Everything is a function of (seed, split, index) and renders at any
+size: no files, no network.
+
+Oracle (the dataset's spec, used by ``bicycle eval``):
+- the shape's region is recovered from A alone: in each row, the pixels between the first and the
+  last outline pixel (exact for convex shapes); a band of one pixel around the outline is ignored;
+- ``mode_of(A, B)``: the palette colour nearest (max-abs over channels) to B's median colour
+  inside the region;
+- ``is_valid(A, B)``: at least 85% of inside pixels within 0.45 (max-abs) of that palette colour
+  AND at most as many non-background pixels outside (beyond 0.45 of grey) as 15% of the inside
+  pixel count (so a shape drawn elsewhere fails even when it is small next to the background).
+Palette colours are corners of the cube {-0.9, 0.9}^3, so the mean of two different modes has a
+channel at 0 (0.9 from every colour): blends are invalid, as are noise and Bs of another shape.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bicycle.data.base import DatasetRequest
+
+LEVEL = 0.9
+TOLERANCE = 0.45
+MIN_FRACTION = 0.85
+MAX_MODES = 8
+# Cube corners ordered so that any prefix of K >= 2 is spread out.
+_CORNERS = [(-1, -1, -1), (1, 1, 1), (1, -1, -1), (-1, 1, 1), (-1, 1, -1), (1, -1, 1), (-1, -1, 1), (1, 1, -1)]
+PALETTE = torch.tensor(_CORNERS, dtype=torch.float32) * LEVEL
+BACKGROUND = 0.0
+SPLIT_IDS = {"train": 0, "val": 1}
+DEFAULT_LENGTHS = {"train": 20_000, "val": 500}
+KINDS = ("ellipse", "rectangle", "triangle")
+
+
+def _band(outline: Tensor, size: int) -> Tensor:
+    """Outline dilated by about 1 px per 64 px of image (at least 1): the ignored boundary band."""
+    r = max(1, size // 64)
+    return F.max_pool2d(outline.float(), 2 * r + 1, 1, r) > 0
+
+
+def region_from_outline(outline: Tensor) -> Tensor:
+    """outline: bool [N, 1, H, W] -> bool [N, 1, H, W]: per row, from the first to the last outline pixel."""
+    w = outline.shape[-1]
+    cols = torch.arange(w, device=outline.device)
+    big = torch.full_like(cols, w)
+    first = torch.where(outline, cols, big).amin(-1, keepdim=True)
+    last = torch.where(outline, cols, -1).amax(-1, keepdim=True)
+    return (cols >= first) & (cols <= last)
+
+
+class ShapesDataset:
+    """Procedural outline -> coloured shape pairs. A [1, S, S], B [3, S, S], float32 in [-1, 1]."""
+
+    a_channels = 1
+    b_channels = 3
+
+    def __init__(self, image_size: int, split: str = "train", seed: int = 0, modes: int = 8, length: int | None = None) -> None:
+        if not 2 <= modes <= MAX_MODES:
+            raise ValueError(f"shapes: modes must be within 2..{MAX_MODES}, got {modes}")
+        if split not in SPLIT_IDS:
+            raise ValueError(f"shapes: split must be train or val, got {split!r}")
+        self.image_size = image_size
+        self.split = split
+        self.seed = seed
+        self.num_modes = modes
+        self.length = length if length is not None else DEFAULT_LENGTHS[split]
+        self.palette = PALETTE[:modes]
+
+    @classmethod
+    def from_request(cls, request: DatasetRequest) -> ShapesDataset:
+        return cls(request.image_size, request.split, request.seed, int(request.option("modes", 8)))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """No augmentation: every epoch sees the same pairs."""
+
+    # -- generation ---------------------------------------------------------------------------
+    def params(self, index: int) -> dict[str, float | int | str]:
+        rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index])
+        kind = KINDS[int(rng.integers(len(KINDS)))]
+        angle = float(rng.uniform(0, math.pi))
+        if kind == "rectangle":
+            rx, ry = rng.uniform(0.17, 0.3, size=2)
+            reach = math.hypot(rx, ry)
+        elif kind == "ellipse":
+            rx, ry = rng.uniform(0.2, 0.38, size=2)
+            reach = max(rx, ry)
+        else:
+            rx = ry = float(rng.uniform(0.28, 0.42))
+            reach = rx
+        slack = max(0.0, 0.46 - reach)
+        cx, cy = 0.5 + rng.uniform(-slack, slack, size=2)
+        mode = int(rng.integers(self.num_modes))
+        return {"kind": kind, "cx": float(cx), "cy": float(cy), "rx": float(rx), "ry": float(ry), "angle": angle, "mode": mode}
+
+    def true_mode(self, index: int) -> int:
+        return int(self.params(index)["mode"])
+
+    def _inside(self, p: dict) -> Tensor:
+        s = self.image_size
+        t = (torch.arange(s, dtype=torch.float64) + 0.5) / s
+        y, x = torch.meshgrid(t, t, indexing="ij")
+        dx, dy = x - p["cx"], y - p["cy"]
+        c, sn = math.cos(p["angle"]), math.sin(p["angle"])
+        u, v = c * dx + sn * dy, -sn * dx + c * dy
+        if p["kind"] == "ellipse":
+            return (u / p["rx"]) ** 2 + (v / p["ry"]) ** 2 <= 1.0
+        if p["kind"] == "rectangle":
+            return (u.abs() <= p["rx"]) & (v.abs() <= p["ry"])
+        inside = torch.ones_like(u, dtype=torch.bool)
+        for k in range(3):  # triangle: three half-planes at distance r/2 from the centre
+            a = p["angle"] + 2 * math.pi * k / 3
+            inside &= (math.cos(a) * dx + math.sin(a) * dy) <= p["rx"] / 2
+        return inside
+
+    def render(self, index: int) -> tuple[Tensor, Tensor]:
+        p = self.params(index)
+        inside = self._inside(p)[None, None]
+        thickness = max(1, round(self.image_size / 48))
+        eroded = -F.max_pool2d(-inside.float(), 2 * thickness + 1, 1, thickness) > 0
+        outline = inside & ~eroded
+        a = torch.where(outline, 1.0, -1.0)[0].float()
+        colour = self.palette[int(p["mode"])].view(3, 1, 1)
+        b = torch.where(inside[0], colour, torch.full_like(colour, BACKGROUND)).float()
+        return a, b
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return self.render(index)
+
+    def get_batch(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        pairs = [self[i] for i in indices]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    # -- oracle -------------------------------------------------------------------------------
+    def _regions(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        outline = a > 0
+        region = region_from_outline(outline)
+        band = _band(outline, a.shape[-1])
+        return (region & ~band)[:, 0], (~region & ~band)[:, 0]
+
+    def mode_of(self, a: Tensor, b: Tensor) -> Tensor:
+        """A [N, 1, H, W], B [N, 3, H, W] -> int64 [N]: palette index nearest to B's median inside colour."""
+        inner, _ = self._regions(a)
+        palette = self.palette.to(b.device, b.dtype)
+        out = torch.zeros(a.shape[0], dtype=torch.int64)
+        for i in range(a.shape[0]):
+            pixels = b[i].permute(1, 2, 0)[inner[i]]
+            if pixels.numel() == 0:
+                out[i] = -1
+                continue
+            median = pixels.median(0).values
+            out[i] = (median - palette).abs().amax(-1).argmin()
+        return out
+
+    def is_valid(self, a: Tensor, b: Tensor) -> Tensor:
+        """A [N, 1, H, W], B [N, 3, H, W] -> bool [N]: the right shape, filled with one palette colour."""
+        inner, outer = self._regions(a)
+        modes = self.mode_of(a, b)
+        palette = self.palette.to(b.device, b.dtype)
+        valid = torch.zeros(a.shape[0], dtype=torch.bool)
+        for i in range(a.shape[0]):
+            if modes[i] < 0 or not outer[i].any():
+                continue
+            pix = b[i].permute(1, 2, 0)
+            inside_ok = ((pix[inner[i]] - palette[modes[i]]).abs().amax(-1) < TOLERANCE).float().mean()
+            outside_bad = ((pix[outer[i]] - BACKGROUND).abs().amax(-1) >= TOLERANCE).sum()
+            valid[i] = bool(inside_ok >= MIN_FRACTION) and bool(outside_bad <= (1 - MIN_FRACTION) * inner[i].sum())
+        return valid
+
+    def mode_probabilities(self, a: Tensor) -> Tensor:
+        """A [N, 1, H, W] -> float [N, K]: the true p(mode | A), uniform for this dataset."""
+        return torch.full((a.shape[0], self.num_modes), 1.0 / self.num_modes)
+
+
+__all__ = ["ShapesDataset", "PALETTE", "region_from_outline"]

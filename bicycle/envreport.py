@@ -1,0 +1,36 @@
+"""``bicycle env``: versions, device, fused-op implementations, plugins."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def report() -> list[str]:
+    import torch
+
+    lines = [f"bicycle {_version('bicycle')}, python {platform.python_version()}, {platform.machine()}"]
+    lines.append("versions: " + ", ".join(f"{d} {_version(d)}" for d in
+                                            ("torch", "triton", "numpy", "pillow", "safetensors", "pluggy", "click")))
+    if torch.cuda.is_available():
+        lines.append(f"device: cuda ({torch.cuda.get_device_name(0)}), {torch.cuda.device_count()} GPU(s)")
+    else:
+        lines.append(f"device: cpu ({torch.get_num_threads()} threads); CUDA not available")
+    try:
+        from bicycle.envinfo import op_impls
+    except ImportError as exc:
+        lines.append(f"ops: implementation report unavailable ({exc})")
+    else:
+        lines.append("ops (impl=auto):")
+        for row in op_impls():
+            lines.append("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    from bicycle.plugins import get_plugins
+    p = get_plugins()
+    lines.append("plugins: " + ", ".join(p.plugin_names()))
+    return lines

@@ -1,0 +1,191 @@
+"""Checkpoints: safetensors only (nothing pickled), the resolved config inside, atomic writes.
+
+Layout of a checkpoint file's tensors:
+  ``G.<name>``, ``E.<name>``, ``D.<name>``, ``D2.<name>``   network state dicts
+  ``opt.<net>.<i>.<key>``                                  Adam state of parameter i (exp_avg, ...)
+  ``rng.torch`` (+ ``rng.cuda``)                            RNG states (uint8)
+Metadata (strings): format, config (JSON), step, data position, optimizer param groups (JSON).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from bicycle.config import RunConfig
+from bicycle.errors import CheckpointError, ConfigError
+from bicycle.models import Nets
+
+FORMAT = "bicycle-checkpoint/1"
+LATEST = "latest"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: RunConfig
+    step: int
+    tensors: dict[str, Tensor]
+    metadata: dict[str, str]
+
+
+def _state_tensors(nets: Nets) -> dict[str, Tensor]:
+    out = {}
+    for name, module in nets.items():
+        for key, value in module.state_dict().items():
+            out[f"{name}.{key}"] = value.detach().cpu().contiguous()
+    return out
+
+
+def save_checkpoint(path: Path, config: RunConfig, nets: Nets, step: int,
+                    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+                    extra_meta: dict[str, str] | None = None) -> Path:
+    """Write a checkpoint atomically: a good file is never replaced by a partial one."""
+    tensors = _state_tensors(nets)
+    meta = {"format": FORMAT, "config": config.to_json(), "step": str(step)}
+    if optimizers is not None:
+        for name, opt in optimizers.items():
+            sd = opt.state_dict()
+            meta[f"opt.{name}.param_groups"] = json.dumps(sd["param_groups"])
+            for idx, state in sd["state"].items():
+                for key, value in state.items():
+                    t = value if isinstance(value, Tensor) else torch.tensor(value)
+                    tensors[f"opt.{name}.{idx}.{key}"] = t.detach().cpu().contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta.update(extra_meta or {})
+    _atomic_save_tensors(path, tensors, meta)
+    return path
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A file, or a run dir / its checkpoints/ folder (then the latest checkpoint)."""
+    p = Path(path)
+    if p.is_dir():
+        folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+        latest = folder / LATEST
+        if not latest.is_file():
+            raise CheckpointError(f"no checkpoint in {p}: {latest} does not exist")
+        p = folder / latest.read_text().strip()
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    return p
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    p = resolve_checkpoint_path(path)
+    try:
+        tensors = load_file(str(p))
+        with open(p, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {p}: {exc}") from exc
+    meta = header.get("__metadata__", {}) or {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a bicycle checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+    try:
+        config = RunConfig.from_dict(json.loads(meta["config"]))
+    except (KeyError, ValueError, ConfigError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {p} has an unreadable config: {exc}") from exc
+    return Checkpoint(p, config, int(meta.get("step", 0)), tensors, meta)
+
+
+def _names(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_networks(ckpt: Checkpoint, nets: Nets) -> None:
+    """Load weights strictly: missing/unexpected tensors and shape mismatches are named."""
+    expected = _state_tensors(nets)
+    stored = {k: v for k, v in ckpt.tensors.items() if not k.startswith(("opt.", "rng."))}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_names(unexpected)}")
+    shapes = [f"{k} {tuple(stored[k].shape)} vs config {tuple(v.shape)}"
+              for k, v in expected.items() if k in stored and stored[k].shape != v.shape]
+    if shapes:
+        problems.append(f"shape mismatch (the config does not match the tensors): {_names(shapes)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {ckpt.path}: " + "; ".join(problems))
+    for name, module in nets.items():
+        prefix = f"{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)})
+
+
+def load_optimizers(ckpt: Checkpoint, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    for name, opt in optimizers.items():
+        key = f"opt.{name}.param_groups"
+        if key not in ckpt.metadata:
+            raise CheckpointError(f"checkpoint {ckpt.path} has no optimizer state for {name}: it cannot resume training")
+        groups = json.loads(ckpt.metadata[key])
+        prefix = f"opt.{name}."
+        state: dict[int, dict[str, Tensor]] = {}
+        for k, v in ckpt.tensors.items():
+            if k.startswith(prefix):
+                idx, key2 = k[len(prefix):].split(".", 1)
+                state.setdefault(int(idx), {})[key2] = v
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    if "rng.torch" in ckpt.tensors:
+        torch.set_rng_state(ckpt.tensors["rng.torch"])
+    if "rng.cuda" in ckpt.tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ckpt.tensors["rng.cuda"])
+
+
+def write_latest(folder: Path, filename: str) -> None:
+    atomic_write_bytes(folder / LATEST, (filename + "\n").encode())

@@ -1,0 +1,1 @@
+"""Networks: U-Net generator, encoders, multi-scale PatchGAN discriminators. Explicit arguments only."""

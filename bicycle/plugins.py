@@ -1,0 +1,123 @@
+"""The plugin manager, built lazily on first use (never at ``import bicycle``).
+
+Plugins come from three places, all through the same hooks (:mod:`bicycle.hookspecs`):
+the built-ins (:mod:`bicycle.builtin`), third-party packages in the entry-point group ``bicycle``
+(skipped when ``BICYCLE_DISABLE_PLUGIN_AUTOLOAD=1``; single plugins are skipped with
+``BICYCLE_DISABLE_PLUGINS=name,name``), and objects passed to :func:`load_plugins` (tests, scripts).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from bicycle import hookspecs
+from bicycle.errors import PluginError
+from bicycle.registry import Registry
+
+ENTRY_POINT_GROUP = "bicycle"
+AUTOLOAD_ENV = "BICYCLE_DISABLE_PLUGIN_AUTOLOAD"
+BLOCK_ENV = "BICYCLE_DISABLE_PLUGINS"
+BUILTIN_MODULES = ("bicycle.builtin.backbones", "bicycle.builtin.injectors", "bicycle.builtin.datasets")
+_COMPONENT_HOOKS = {"backbone": "bicycle_backbones", "injector": "bicycle_injectors", "dataset": "bicycle_datasets"}
+
+
+class _Manager(pluggy.PluginManager):
+    """Treats any ``bicycle_*`` function as a hook implementation, marked or not, so that a
+    misspelled hook name is caught by ``check_pending`` instead of being silently ignored."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("bicycle_") and callable(getattr(plugin, name, None)):
+            return {}
+        return opts
+
+
+@dataclass
+class Plugins:
+    manager: pluggy.PluginManager
+    registry: Registry
+
+    def notify(self, hook: str, **kwargs: Any) -> None:
+        """Call an observer hook on every plugin; a failure names the plugin that raised."""
+        caller = getattr(self.manager.hook, hook)
+        for impl in reversed(caller.get_hookimpls()):
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:
+                raise PluginError(_failure(impl.plugin_name, f"raised in {hook}: {type(exc).__name__}: {exc}")) from exc
+
+    def plugin_names(self) -> list[str]:
+        return sorted(name for name, _ in self.manager.list_name_plugin())
+
+
+def _failure(plugin: str, what: str) -> str:
+    return (f"plugin {plugin!r} {what}. Disable it with {BLOCK_ENV}={plugin} "
+            f"(or all third-party plugins with {AUTOLOAD_ENV}=1)")
+
+
+def _blocked() -> set[str]:
+    return {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
+
+
+def build_plugins(extra: Iterable[object] = (), autoload: bool | None = None) -> Plugins:
+    """Create a plugin manager with the built-ins, entry points (unless disabled) and ``extra``."""
+    pm = _Manager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for modname in BUILTIN_MODULES:
+        pm.register(importlib.import_module(modname), name=modname)
+    if autoload is None:
+        autoload = os.environ.get(AUTOLOAD_ENV, "") not in ("1", "true", "yes")
+    if autoload:
+        blocked = _blocked()
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in blocked or pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(_failure(ep.name, f"({ep.value}) failed to import: {type(exc).__name__}: {exc}")) from exc
+            try:
+                pm.register(plugin, name=ep.name)
+            except ValueError as exc:
+                raise PluginError(_failure(ep.name, f"could not be registered: {exc}")) from exc
+    for i, obj in enumerate(extra):
+        pm.register(obj, name=getattr(obj, "__name__", None) or f"{type(obj).__name__}-{i}")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = getattr(exc, "plugin", None)
+        raise PluginError(f"{exc} (known hooks: {', '.join(sorted(h for h in dir(hookspecs) if h.startswith('bicycle_')))})"
+                          + (f" in plugin {pm.get_name(name)!r}" if name is not None else "")) from exc
+    registry = Registry()
+    for kind, hook in _COMPONENT_HOOKS.items():
+        for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+            try:
+                specs = impl.function()
+            except Exception as exc:
+                raise PluginError(_failure(impl.plugin_name, f"raised in {hook}: {type(exc).__name__}: {exc}")) from exc
+            for spec in specs or ():
+                registry.add(kind, spec, impl.plugin_name)
+    return Plugins(pm, registry)
+
+
+_current: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugin set, built on first call."""
+    global _current
+    if _current is None:
+        _current = build_plugins()
+    return _current
+
+
+def set_plugins(plugins: Plugins | None) -> None:
+    """Replace (or with None, reset) the process-wide plugin set. For tests and embedding."""
+    global _current
+    _current = plugins

@@ -1,0 +1,1 @@
+"""Training: network construction, the capture-ready step, and the loop."""

@@ -1,0 +1,98 @@
+"""From a resolved RunConfig (+ the plugin registry) to networks, optimizers and datasets."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from bicycle.config import RunConfig, validate
+from bicycle.data.base import DatasetRequest
+from bicycle.errors import ConfigError
+from bicycle.models import MODELS, Nets
+from bicycle.nn.discriminator import MultiScaleDiscriminator
+from bicycle.nn.encoder import ENCODERS
+from bicycle.registry import GeneratorArgs, Registry
+
+
+def dataset_name(cfg: RunConfig) -> tuple[str, str | None]:
+    """(dataset plugin name, path or None). An existing path wins over a dataset name."""
+    data = cfg.data.data
+    if os.path.exists(data):
+        return "aligned", data
+    if os.sep in data or data.startswith("."):
+        raise ConfigError(f"data folder {data!r} does not exist")
+    return data, None
+
+
+def dataset_request(cfg: RunConfig, split: str) -> DatasetRequest:
+    _, path = dataset_name(cfg)
+    train = split == "train"
+    return DatasetRequest(split=split, image_size=cfg.net.image_size, path=path, direction=cfg.data.direction,  # type: ignore[arg-type]
+                          flip=cfg.data.flip and train, load_size=cfg.data.load_size, seed=cfg.train.seed,
+                          options=(("modes", cfg.data.modes), ("impl", cfg.train.impl)))
+
+
+def build_dataset(cfg: RunConfig, registry: Registry, split: str):
+    name, path = dataset_name(cfg)
+    spec = registry.dataset(name)
+    if spec.needs_path and path is None:
+        raise ConfigError(f"dataset {name!r} reads a folder: pass --data PATH")
+    return spec.build(dataset_request(cfg, split))
+
+
+def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -> RunConfig:
+    """Validate against the registry: known backbone/injector, supported size, dataset channels."""
+    validate(cfg)
+    backbone = registry.backbone(cfg.net.backbone)
+    registry.injector(cfg.net.inject)
+    problem = backbone.check_size(cfg.net.image_size)
+    if problem:
+        raise ConfigError(problem)
+    if dataset is not None:
+        net = dataclasses.replace(cfg.net, in_channels=dataset.a_channels, out_channels=dataset.b_channels)  # type: ignore[attr-defined]
+        cfg = dataclasses.replace(cfg, net=net)
+    return cfg
+
+
+def build_networks(cfg: RunConfig, registry: Registry) -> Nets:
+    """G, E (if the model uses one), D and D2 (bicycle only), on the CPU, initialised."""
+    n, model = cfg.net, MODELS[cfg.train.model]
+    g_args = GeneratorArgs(n.in_channels, n.out_channels, n.nz, n.image_size, n.ngf, n.norm, n.upsample, n.dropout)
+    G = registry.backbone(n.backbone).build(g_args, registry.injector(n.inject))
+
+    def disc() -> MultiScaleDiscriminator:
+        return MultiScaleDiscriminator(n.out_channels, n.image_size, n.ndf, n.d_layers, n.d_scales, n.norm)
+
+    E = ENCODERS[n.encoder](n.out_channels, n.nz, n.image_size, n.nef, n.norm) if model.uses_encoder else None
+    D = disc()
+    D2 = disc() if "D2" in model.discriminators else None
+    return Nets(G=G, D=D, E=E, D2=D2)
+
+
+def build_optimizers(cfg: RunConfig, nets: Nets) -> dict[str, torch.optim.Adam]:
+    """Adam per network, on the networks' device; capturable on CUDA (the step count stays on the
+    device, so the update needs no host read and can be captured in a CUDA graph)."""
+    o = cfg.optim
+    out = {}
+    for name, m in nets.items():
+        cuda = next(m.parameters()).is_cuda
+        out[name] = torch.optim.Adam(m.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), capturable=cuda)
+    return out
+
+
+def lr_factor(step: int, total: int, decay_start: float) -> float:
+    """Constant, then linear decay to 0 over the last (1 - decay_start) of the steps. step counts from 0."""
+    start = int(total * decay_start)
+    if step < start:
+        return 1.0
+    return max(0.0, 1.0 - (step - start) / max(1, total - start))
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {requested!r} requested but CUDA is not available here")
+    return dev

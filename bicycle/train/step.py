@@ -1,0 +1,52 @@
+"""One training iteration as a function over explicit state.
+
+Capture-ready: static shapes, no host synchronisation (no .item(), no Python branch on tensor
+values); the losses are returned as 0-dim device tensors and read only when logged.
+Order: G and E step on the model's objective; then D and D2 step on the same fakes (detached) with
+the same weights the G/E update saw.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from bicycle.models import ModelSpec, Nets, Objective
+from bicycle.objective import discriminator_loss
+
+
+@dataclass
+class TrainState:
+    nets: Nets
+    optimizers: dict[str, torch.optim.Optimizer]
+    model: ModelSpec
+    objective: Objective
+
+
+def train_step(state: TrainState, a: Tensor, b: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
+    """a: [N, Ca, S, S], b: [N, Cb, S, S], noise: per ``draw_noise``. Returns 0-dim detached losses."""
+    nets, opt = state.nets, state.optimizers
+    ge = state.model.objective(nets, a, b, noise, state.objective)
+    ge_names = [k for k in ("E", "G") if k in opt]
+    for k in ge_names:
+        opt[k].zero_grad(set_to_none=True)
+    ge.loss.backward()
+    for k in ge_names:  # E, then G (as the reference)
+        opt[k].step()
+
+    d_total = None
+    metrics = {k: v.detach() for k, v in ge.metrics.items()}
+    for name, fake, real in ge.d_pairs:
+        disc = getattr(nets, name)
+        loss = discriminator_loss(disc(fake.detach()), disc(real), state.objective.gan_mode, state.objective.impl)
+        metrics[name] = loss.detach()
+        d_total = loss if d_total is None else d_total + loss
+    d_names = [name for name, _, _ in ge.d_pairs]
+    for k in d_names:
+        opt[k].zero_grad(set_to_none=True)
+    if d_total is not None:
+        d_total.backward()
+    for k in d_names:
+        opt[k].step()
+    return metrics
