@@ -22,8 +22,8 @@ def _losses(impl: str, steps: int = 5) -> list[float]:
         eps = torch.randn_like(mu)  # drawn by torch, the same for every impl
         z, kl = ops.reparam_kl(mu, logvar, eps, 0.01, impl=impl)
         h = dec(z)
-        fake = [h[:, :16].reshape(2, 1, 4, 4), h[:, 16:24].reshape(2, 1, 2, 2)]
-        real = [h[:, 24:40].reshape(2, 1, 4, 4), h[:, 40:].reshape(2, 1, 2, 2)]
+        fake = [h[:, :16].reshape(2, 1, 4, 4), h[:, 16:20].reshape(2, 1, 2, 2)]
+        real = [h[:, 20:36].reshape(2, 1, 4, 4), h[:, 36:].reshape(2, 1, 2, 2)]
         loss = ops.lsgan(fake, 1.0, impl=impl) + ops.lsgan_d(fake, real, impl=impl) + kl
         opt.zero_grad()
         loss.backward()
