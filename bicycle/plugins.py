@@ -46,7 +46,7 @@ class Plugins:
     def notify(self, hook: str, **kwargs: Any) -> None:
         """Call an observer hook on every plugin; a failure names the plugin that raised."""
         caller = getattr(self.manager.hook, hook)
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
             except Exception as exc:
@@ -96,7 +96,7 @@ def build_plugins(extra: Iterable[object] = (), autoload: bool | None = None) ->
                           + (f" in plugin {pm.get_name(name)!r}" if name is not None else "")) from exc
     registry = Registry()
     for kind, hook in _COMPONENT_HOOKS.items():
-        for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        for impl in getattr(pm.hook, hook).get_hookimpls():
             try:
                 specs = impl.function()
             except Exception as exc:
