@@ -12,7 +12,7 @@ from bicycle.errors import ConfigError
 from bicycle.models import MODELS, Nets
 from bicycle.nn.discriminator import MultiScaleDiscriminator
 from bicycle.nn.encoder import ENCODERS
-from bicycle.registry import GeneratorArgs, Registry
+from bicycle.registry import DatasetSpec, GeneratorArgs, Registry
 
 
 def dataset_name(cfg: RunConfig) -> tuple[str, str | None]:
@@ -33,12 +33,16 @@ def dataset_request(cfg: RunConfig, split: str) -> DatasetRequest:
                           options=(("modes", cfg.data.modes), ("impl", cfg.train.impl)))
 
 
-def build_dataset(cfg: RunConfig, registry: Registry, split: str):
+def dataset_spec(cfg: RunConfig, registry: Registry) -> DatasetSpec:
     name, path = dataset_name(cfg)
     spec = registry.dataset(name)
     if spec.needs_path and path is None:
         raise ConfigError(f"dataset {name!r} reads a folder: pass --data PATH")
-    return spec.build(dataset_request(cfg, split))
+    return spec
+
+
+def build_dataset(cfg: RunConfig, registry: Registry, split: str):
+    return dataset_spec(cfg, registry).build(dataset_request(cfg, split))
 
 
 def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -> RunConfig:
@@ -46,6 +50,7 @@ def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -
     validate(cfg)
     backbone = registry.backbone(cfg.net.backbone)
     registry.injector(cfg.net.inject)
+    dataset_spec(cfg, registry)
     problem = backbone.check_size(cfg.net.image_size)
     if problem:
         raise ConfigError(problem)

@@ -1,0 +1,127 @@
+"""The command line as a user runs it (tiny sizes)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from bicycle.cli import main
+
+TINY = ["--image-size", "32", "--ngf", "8", "--nef", "8", "--ndf", "8", "--batch-size", "4", "--steps", "4",
+        "--log-every", "2", "--sample-every", "2", "--checkpoint-every", "2", "--impl", "ref"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from bicycle import plugins
+    plugins.set_plugins(None)
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = CliRunner().invoke(main, ["train", *TINY, "--run-dir", str(run)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return run, result.output
+
+
+def test_train_says_its_preset_first_and_ends_with_the_oracle_report(run_dir):
+    run, output = run_dir
+    lines = output.splitlines()
+    assert lines[0].startswith("bicycle train: preset demo")
+    assert "oracle: valid rate" in output and "samples:" in output
+    assert (run / "samples" / "final.png").is_file()
+
+
+def test_dry_run_prints_the_resolved_config():
+    result = invoke("train", "--dry-run", "--backbone", "unet256")
+    assert result.exit_code == 0
+    cfg = json.loads(result.output[result.output.index("{"):])
+    assert cfg["net"]["image_size"] == 256 and cfg["net"]["backbone"] == "unet256"
+    result = invoke("train", "--dry-run", "--backbone", "unet256", "--image-size", "512")
+    assert json.loads(result.output[result.output.index("{"):])["net"]["image_size"] == 512
+    paper = invoke("train", "--dry-run", "--preset", "paper")
+    assert paper.output.splitlines()[0].startswith("bicycle train: preset paper")
+    cfg = json.loads(paper.output[paper.output.index("{"):])
+    assert (cfg["net"]["backbone"], cfg["net"]["inject"], cfg["net"]["image_size"], cfg["train"]["batch_size"]) == ("unet256", "all", 256, 2)
+    assert (cfg["optim"]["lr"], cfg["loss"]["l1"], cfg["loss"]["kl"], cfg["loss"]["z"]) == (2e-4, 10.0, 0.01, 0.5)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backbone", "unet25"], "unknown backbone 'unet25' (did you mean 'unet256'?)"),
+    (["--inject", "everywhere"], "unknown injector 'everywhere'"),
+    (["--image-size", "40"], "multiple of 16, got 40"),
+    (["--image-size", "16"], "too small"),
+    (["--data", "no_such_dataset"], "unknown dataset 'no_such_dataset'"),
+    (["--data", "./missing/folder"], "does not exist"),
+    (["--batch-size", "3"], "must be even"),
+])
+def test_usage_errors_are_one_clear_line_and_exit_2(args, message):
+    result = CliRunner().invoke(main, ["train", "--dry-run", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_a_bad_folder_fails_before_training(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "broken.png").write_bytes(b"not a png")
+    result = CliRunner().invoke(main, ["train", *TINY, "--data", str(tmp_path), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "broken.png" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_is_not_overwritten(run_dir):
+    run, _ = run_dir
+    result = CliRunner().invoke(main, ["train", *TINY, "--run-dir", str(run)])
+    assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_resume_continues_and_refuses_other_changes(run_dir, tmp_path):
+    run, _ = run_dir
+    bad = CliRunner().invoke(main, ["train", "--resume", str(run), "--nz", "4"])
+    assert bad.exit_code == 2 and "net.nz" in bad.output
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    ok = invoke("train", "--resume", str(copy), "--steps", "6")
+    assert ok.exit_code == 0, ok.output
+    assert (copy / "checkpoints" / "latest").read_text().strip() == "step_00000006.safetensors"
+
+
+def test_sample_from_the_dataset_and_from_images_without_ground_truth(run_dir, tmp_path):
+    run, _ = run_dir
+    out = tmp_path / "out"
+    result = invoke("sample", "--checkpoint", str(run), "--data", "shapes", "--samples", "3", "--inputs", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (6 * 34 + 2, 2 * 34 + 2)  # input, truth, encoded, 3 samples; 2 rows
+    assert len(list(out.glob("input_*/sample_*.png"))) == 6
+    assert "oracle: valid rate" in result.output
+    images = tmp_path / "edges"
+    images.mkdir()
+    for i in range(2):
+        Image.new("L", (50, 40), color=40 * i).save(images / f"e{i}.png")
+    out2 = tmp_path / "out2"
+    result = invoke("sample", "--checkpoint", str(run / "checkpoints" / "step_00000004.safetensors"),
+                    "--input", str(images), "--samples", "2", "--out", str(out2))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(out2).as_posix() for p in out2.rglob("*.png")) == [
+        "e0/sample_00.png", "e0/sample_01.png", "e1/sample_00.png", "e1/sample_01.png", "grid.png"]
+
+
+def test_sample_with_a_bad_checkpoint_is_one_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["sample", "--checkpoint", str(tmp_path / "x.safetensors"), "--data", "shapes",
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "x.safetensors does not exist" in result.output
+
+
+def test_plugins_and_env_list_components():
+    out = invoke("plugins").output
+    for name in ("unet", "unet128", "unet256", "input", "all", "shapes", "aligned"):
+        assert f"  {name} " in out
+    env = invoke("env").output
+    assert "torch" in env and "device:" in env and "plugins:" in env
