@@ -10,6 +10,28 @@ struct Task {
   int64_t seg, lo, hi;
 };
 
+// SUM((p - target)^2) over [lo, hi), staged in rows for the fixed-lane sum.
+template <class T>
+BICYCLE_SIMD_CLONES double sq_sum(const T* p, T target, int64_t lo, int64_t hi) {
+  double acc = 0.0;
+  T sq[kRow];
+  for (int64_t r = lo; r < hi; r += kRow) {
+    const int64_t m = std::min(kRow, hi - r), m8 = (m + 7) & ~int64_t(7);
+    for (int64_t i = 0; i < m; ++i) {
+      const T d = p[r + i] - target;
+      sq[i] = d * d;
+    }
+    for (int64_t i = m; i < m8; ++i) sq[i] = T(0);
+    acc += lane_sum(sq, m8);
+  }
+  return acc;
+}
+
+template <class T>
+BICYCLE_SIMD_CLONES void grad_rows(const T* p, T* d, T target, T scale, int64_t lo, int64_t hi) {
+  for (int64_t i = lo; i < hi; ++i) d[i] = (p[i] - target) * scale;
+}
+
 template <class T>
 std::vector<View<T>> views(const py::list& arrays, const char* op, const char* arg, bool writable) {
   std::vector<View<T>> out;
@@ -54,18 +76,7 @@ double forward_typed(const py::list& preds, const std::vector<double>& targets, 
     parallel_for(static_cast<int64_t>(tasks.size()), nt, [&](int64_t k) {
       const Task& t = tasks[k];
       const T* p = segs[t.seg].data;
-      const T target = static_cast<T>(targets[t.seg]);
-      double acc = 0.0;
-      T sq[kRow];
-      for (int64_t r = t.lo; r < t.hi; r += kRow) {
-        const int64_t m = std::min(kRow, t.hi - r), m8 = (m + 7) & ~int64_t(7);
-        for (int64_t i = 0; i < m; ++i) {
-          const T d = p[r + i] - target;
-          sq[i] = d * d;
-        }
-        for (int64_t i = m; i < m8; ++i) sq[i] = T(0);
-        acc += lane_sum(sq, m8);
-      }
+      const double acc = sq_sum(p, static_cast<T>(targets[t.seg]), t.lo, t.hi);
       partial[k] = acc;
     });
   }
@@ -98,7 +109,7 @@ void backward_typed(const py::list& preds, const std::vector<double>& targets, d
     T* d = dsts[t.seg].data;
     const T target = static_cast<T>(targets[t.seg]);
     const T scale = static_cast<T>(2.0 * grad / static_cast<double>(segs[t.seg].size));
-    for (int64_t i = t.lo; i < t.hi; ++i) d[i] = (p[i] - target) * scale;
+    grad_rows(p, d, target, scale, t.lo, t.hi);
   });
 }
 

@@ -9,27 +9,32 @@ namespace bicycle {
 namespace {
 
 // exp(logvar) is taken as s * s (s = exp(logvar / 2)): one exp per element, within 2 ulp.
+// Writes z over [lo, hi) and returns SUM(1 + logvar - mu^2 - exp(logvar)) there.
+template <class T>
+BICYCLE_SIMD_CLONES double forward_rows(const T* mu, const T* lv, const T* eps, T* z, int64_t lo, int64_t hi) {
+  double acc = 0.0;
+  T term[kRow];
+  for (int64_t r = lo; r < hi; r += kRow) {
+    const int64_t m = std::min(kRow, hi - r), m8 = (m + 7) & ~int64_t(7);
+    const T *pm = mu + r, *pl = lv + r, *pe = eps + r;
+    T* pz = z + r;
+    for (int64_t i = 0; i < m; ++i) {
+      const T s = exp_vec(T(0.5) * pl[i]);
+      pz[i] = pm[i] + pe[i] * s;
+      term[i] = T(1) + pl[i] - pm[i] * pm[i] - s * s;
+    }
+    for (int64_t i = m; i < m8; ++i) term[i] = T(0);
+    acc += lane_sum(term, m8);
+  }
+  return acc;
+}
+
 template <class T>
 double forward_impl(const T* mu, const T* lv, const T* eps, T* z, int64_t n, double w, int nt) {
   std::vector<double> partial(num_chunks(n), 0.0);
   py::gil_scoped_release release;
   parallel_for(num_chunks(n), nt, [&](int64_t c) {
-    const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
-    double acc = 0.0;
-    T term[kRow];
-    for (int64_t r = lo; r < hi; r += kRow) {
-      const int64_t m = std::min(kRow, hi - r);
-      const T *pm = mu + r, *pl = lv + r, *pe = eps + r;
-      T* pz = z + r;
-      for (int64_t i = 0; i < m; ++i) {
-        const T s = exp_vec(T(0.5) * pl[i]);
-        pz[i] = pm[i] + pe[i] * s;
-        term[i] = T(1) + pl[i] - pm[i] * pm[i] - s * s;
-      }
-      for (int64_t i = m; i < ((m + 7) & ~int64_t(7)); ++i) term[i] = T(0);
-      acc += lane_sum(term, (m + 7) & ~int64_t(7));
-    }
-    partial[c] = acc;
+    partial[c] = forward_rows(mu, lv, eps, z, c * kChunk, std::min(n, (c + 1) * kChunk));
   });
   double total = 0.0;  // summed in chunk order: the result does not depend on the thread count
   for (double p : partial) total += p;
@@ -38,7 +43,7 @@ double forward_impl(const T* mu, const T* lv, const T* eps, T* z, int64_t n, dou
 
 // d z / d mu = 1, d z / d logvar = eps s / 2, d z / d eps = s; d kl / d mu = w mu, d kl / d logvar = w (s^2 - 1) / 2.
 template <class T, bool HasGz, bool HasDeps>
-void backward_loop(const T* mu, const T* lv, const T* eps, const T* gz, T a, T b, T* dmu, T* dlv, T* deps,
+BICYCLE_SIMD_CLONES void backward_loop(const T* mu, const T* lv, const T* eps, const T* gz, T a, T b, T* dmu, T* dlv, T* deps,
                    int64_t lo, int64_t hi) {
   for (int64_t i = lo; i < hi; ++i) {
     const T s = exp_vec(T(0.5) * lv[i]);

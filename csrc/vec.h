@@ -8,6 +8,15 @@
 #include <cstring>
 #include <limits>
 
+// Hot loops are compiled twice, for AVX2 and for the baseline ISA, and picked at load time (ifunc).
+// Both clones do the same IEEE operations in the same order (no FMA contraction, fixed sum lanes), so
+// results are bit-identical whichever one runs. This is not -march=native: the .so runs anywhere.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define BICYCLE_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define BICYCLE_SIMD_CLONES
+#endif
+
 namespace bicycle {
 
 // exp for float: x = n ln2 + r with |r| <= ln2 / 2 (n rounded through the 1.5 * 2^23 shifter, ln2 split
