@@ -27,6 +27,24 @@ BICYCLE_SIMD_CLONES double sq_sum(const T* p, T target, int64_t lo, int64_t hi) 
   return acc;
 }
 
+// Same sum, and g = (p - target) * scale written in the same pass (the forward computes the gradient).
+template <class T>
+BICYCLE_SIMD_CLONES double sq_sum_grad(const T* p, T* g, T target, T scale, int64_t lo, int64_t hi) {
+  double acc = 0.0;
+  T sq[kRow];
+  for (int64_t r = lo; r < hi; r += kRow) {
+    const int64_t m = std::min(kRow, hi - r), m8 = (m + 7) & ~int64_t(7);
+    for (int64_t i = 0; i < m; ++i) {
+      const T d = p[r + i] - target;
+      sq[i] = d * d;
+      g[r + i] = d * scale;
+    }
+    for (int64_t i = m; i < m8; ++i) sq[i] = T(0);
+    acc += lane_sum(sq, m8);
+  }
+  return acc;
+}
+
 template <class T>
 BICYCLE_SIMD_CLONES void grad_rows(const T* p, T* d, T target, T scale, int64_t lo, int64_t hi) {
   for (int64_t i = lo; i < hi; ++i) d[i] = (p[i] - target) * scale;
@@ -67,17 +85,38 @@ std::vector<double> targets_of(const py::list& preds, const py::list& targets, c
 }
 
 template <class T>
-double forward_typed(const py::list& preds, const std::vector<double>& targets, int nt) {
-  auto segs = views<T>(preds, "lsgan_forward", "preds", false);
+std::vector<View<T>> grad_views(const std::vector<View<T>>& segs, const py::list& outs, const char* op) {
+  auto dsts = views<T>(outs, op, "grads_out", true);
+  if (dsts.size() != segs.size()) {
+    throw py::value_error(std::string(op) + ": argument 'grads_out' has " + std::to_string(dsts.size()) +
+                          " entries, expected one per pred (" + std::to_string(segs.size()) + ")");
+  }
+  for (size_t s = 0; s < segs.size(); ++s) {
+    const std::string a = "preds[" + std::to_string(s) + "]", b = "grads_out[" + std::to_string(s) + "]";
+    same_shape(segs[s], dsts[s], op, a.c_str(), b.c_str());
+  }
+  return dsts;
+}
+
+template <class T>
+double forward_typed(const py::list& preds, const std::vector<double>& targets, const py::object& outs, int nt) {
+  const char* op = "lsgan_forward";
+  auto segs = views<T>(preds, op, "preds", false);
+  std::vector<View<T>> dsts;
+  if (!outs.is_none()) dsts = grad_views(segs, outs.cast<py::list>(), op);
   auto tasks = tasks_of(segs);
   std::vector<double> partial(tasks.size(), 0.0);
   {
     py::gil_scoped_release release;
     parallel_for(static_cast<int64_t>(tasks.size()), nt, [&](int64_t k) {
       const Task& t = tasks[k];
-      const T* p = segs[t.seg].data;
-      const double acc = sq_sum(p, static_cast<T>(targets[t.seg]), t.lo, t.hi);
-      partial[k] = acc;
+      const T target = static_cast<T>(targets[t.seg]);
+      if (dsts.empty()) {
+        partial[k] = sq_sum(segs[t.seg].data, target, t.lo, t.hi);
+      } else {
+        const T scale = static_cast<T>(2.0 / static_cast<double>(segs[t.seg].size));
+        partial[k] = sq_sum_grad(segs[t.seg].data, dsts[t.seg].data, target, scale, t.lo, t.hi);
+      }
     });
   }
   std::vector<double> per_seg(segs.size(), 0.0);
@@ -92,24 +131,13 @@ void backward_typed(const py::list& preds, const std::vector<double>& targets, d
                     int nt) {
   const char* op = "lsgan_backward";
   auto segs = views<T>(preds, op, "preds", false);
-  auto dsts = views<T>(outs, op, "grads_out", true);
-  if (dsts.size() != segs.size()) {
-    throw py::value_error(std::string(op) + ": argument 'grads_out' has " + std::to_string(dsts.size()) +
-                          " entries, expected one per pred (" + std::to_string(segs.size()) + ")");
-  }
-  for (size_t s = 0; s < segs.size(); ++s) {
-    const std::string a = "preds[" + std::to_string(s) + "]", b = "grads_out[" + std::to_string(s) + "]";
-    same_shape(segs[s], dsts[s], op, a.c_str(), b.c_str());
-  }
+  auto dsts = grad_views(segs, outs, op);
   auto tasks = tasks_of(segs);
   py::gil_scoped_release release;
   parallel_for(static_cast<int64_t>(tasks.size()), nt, [&](int64_t k) {
     const Task& t = tasks[k];
-    const T* p = segs[t.seg].data;
-    T* d = dsts[t.seg].data;
-    const T target = static_cast<T>(targets[t.seg]);
     const T scale = static_cast<T>(2.0 * grad / static_cast<double>(segs[t.seg].size));
-    grad_rows(p, d, target, scale, t.lo, t.hi);
+    grad_rows(segs[t.seg].data, dsts[t.seg].data, static_cast<T>(targets[t.seg]), scale, t.lo, t.hi);
   });
 }
 
@@ -126,15 +154,16 @@ bool first_is_f32(const py::list& preds, const char* op) {
 void bind_lsgan(py::module_& m) {
   m.def(
       "lsgan_forward",
-      [](const py::list& preds, const py::list& targets, int num_threads) {
+      [](const py::list& preds, const py::list& targets, int num_threads, const py::object& grads_out) {
         const char* op = "lsgan_forward";
         auto t = targets_of(preds, targets, op);
         check_threads(num_threads, op);
-        return first_is_f32(preds, op) ? forward_typed<float>(preds, t, num_threads)
-                                       : forward_typed<double>(preds, t, num_threads);
+        return first_is_f32(preds, op) ? forward_typed<float>(preds, t, grads_out, num_threads)
+                                       : forward_typed<double>(preds, t, grads_out, num_threads);
       },
-      py::arg("preds"), py::arg("targets"), py::arg("num_threads") = 1,
-      "SUM over i of MEAN((preds[i] - targets[i])^2); preds: C-contiguous arrays of one float dtype.");
+      py::arg("preds"), py::arg("targets"), py::arg("num_threads") = 1, py::arg("grads_out") = py::none(),
+      "SUM over i of MEAN((preds[i] - targets[i])^2); preds: C-contiguous arrays of one float dtype. With "
+      "grads_out, also writes the gradient 2 * (preds[i] - targets[i]) / preds[i].size in the same pass.");
   m.def(
       "lsgan_backward",
       [](const py::list& preds, const py::list& targets, double grad, const py::list& grads_out, int num_threads) {

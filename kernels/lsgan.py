@@ -45,7 +45,9 @@ def check_preds(preds: Sequence[Tensor], arg: str = "preds") -> None:
 
 
 class Backend(Protocol):
-    def forward(self, preds: Sequence[Tensor], targets: Sequence[float]) -> Tensor: ...
+    def forward(self, preds: Sequence[Tensor], targets: Sequence[float], with_grads: bool = False
+                ) -> tuple[Tensor, list[Tensor] | None]:
+        """(loss, grads for a unit loss gradient, or None). A backend may ignore ``with_grads``."""
 
     def backward(self, preds: Sequence[Tensor], targets: Sequence[float], grad: Tensor) -> list[Tensor]: ...
 
@@ -135,7 +137,10 @@ class TritonBackend:
     def _block(self, preds: Sequence[Tensor]) -> int:
         return block_size(max(p.numel() for p in preds), preds[0].device, self.GPU_BLOCK)
 
-    def forward(self, preds: Sequence[Tensor], targets: Sequence[float]) -> Tensor:
+    def forward(self, preds: Sequence[Tensor], targets: Sequence[float], with_grads: bool = False
+                ) -> tuple[Tensor, None]:
+        # The gradient is not formed here: scaling it by the loss gradient later would need a host
+        # read of that scalar (not capture-safe) or another pass; the backward kernel reads p once instead.
         dtype = compute_dtype(*preds)
         preds = [p.to(dtype).contiguous() for p in preds]
         block, fp64 = self._block(preds), dtype == torch.float64
@@ -146,7 +151,7 @@ class TritonBackend:
         for ps, ns, ts, ss, total in groups:
             _fwd_kernel[(total,)](partial[off:], *ps, *ns, *ts, *ss, BLOCK=block, FP64=fp64)
             off += total
-        return partial.sum().to(dtype)  # fixed-order sum of partials: deterministic, unlike atomics
+        return partial.sum().to(dtype), None  # fixed-order sum of partials: deterministic, unlike atomics
 
     def backward(self, preds: Sequence[Tensor], targets: Sequence[float], grad: Tensor) -> list[Tensor]:
         dtype = compute_dtype(*preds)
@@ -169,12 +174,16 @@ class CppBackend:
     def __init__(self, ext: Any) -> None:
         self.ext = ext
 
-    def forward(self, preds: Sequence[Tensor], targets: Sequence[float]) -> Tensor:
+    def forward(self, preds: Sequence[Tensor], targets: Sequence[float], with_grads: bool = False
+                ) -> tuple[Tensor, list[Tensor] | None]:
+        """The loss and, with ``with_grads``, dloss/dpreds formed in the same pass (forward and backward fused)."""
         out_dtype = compute_dtype(*preds)
         dtype = cpp_float_dtype(out_dtype)
-        arrays = [cpu_buffer(p, dtype).numpy() for p in preds]
-        loss = self.ext.lsgan_forward(arrays, [float(t) for t in targets], torch.get_num_threads())
-        return torch.tensor(loss, dtype=out_dtype)
+        bufs = [cpu_buffer(p, dtype) for p in preds]
+        grads = [torch.empty_like(b) for b in bufs] if with_grads else None
+        loss = self.ext.lsgan_forward([b.numpy() for b in bufs], [float(t) for t in targets], torch.get_num_threads(),
+                                      None if grads is None else [g.numpy() for g in grads])
+        return torch.tensor(loss, dtype=out_dtype), None if grads is None else [g.to(out_dtype) for g in grads]
 
     def backward(self, preds: Sequence[Tensor], targets: Sequence[float], grad: Tensor) -> list[Tensor]:
         out_dtype = compute_dtype(*preds)
@@ -194,13 +203,21 @@ class LSGANFunction(torch.autograd.Function):
     def forward(ctx: Any, targets: tuple[float, ...], backend: Backend, *preds: Tensor) -> Tensor:
         ctx.save_for_backward(*preds)
         ctx.targets, ctx.backend = targets, backend
-        return backend.forward(preds, targets)
+        loss, ctx.unit_grads = backend.forward(preds, targets, any(ctx.needs_input_grad[2:]))
+        return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor):
         preds = ctx.saved_tensors
-        grads = ctx.backend.backward(preds, ctx.targets, grad)
+        if ctx.unit_grads is not None and grad.device.type == "cpu":
+            # Gradients formed in the forward (C++ path, CPU: reading the scalar costs no sync). They are
+            # handed over once; a second backward (retain_graph) recomputes them.
+            unit, ctx.unit_grads = ctx.unit_grads, None
+            g = float(grad)
+            grads = unit if g == 1.0 else [u.mul_(g) for u in unit]
+        else:
+            grads = ctx.backend.backward(preds, ctx.targets, grad)
         needs = ctx.needs_input_grad[2:]
         return (None, None, *(g if need else None for g, need in zip(grads, needs)))
 

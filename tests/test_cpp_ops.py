@@ -214,3 +214,25 @@ def test_extension_validates_buffers_by_name():
         _C.lsgan_forward([a, a], [1.0])
     with pytest.raises(ValueError, match=r"argument 'grads_out\[0\]' has shape"):
         _C.lsgan_backward([a], [1.0], 1.0, [a[:2].copy()])
+
+
+def test_lsgan_gradients_formed_in_forward_survive_retain_graph():
+    """The C++ forward also writes the gradient; a second backward (retain_graph) must still be right."""
+    preds = _preds([(2, 5, 5), (2, 3, 3)], torch.float64)
+    loss = ops.lsgan_d(preds[:1], preds[1:], impl="cpp")
+    first = torch.autograd.grad(loss * 2.0, preds, retain_graph=True)
+    second = torch.autograd.grad(loss, preds, retain_graph=True)
+    third = torch.autograd.grad(loss, preds)
+    ref = torch.autograd.grad(lsgan_d_ref(preds[:1], preds[1:]), preds)
+    for a, b, c, r in zip(first, second, third, ref):
+        torch.testing.assert_close(a, 2 * r, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(b, r, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(c, r, rtol=1e-12, atol=1e-12)
+
+
+def test_lsgan_forward_without_grad_writes_no_gradient():
+    preds = [torch.randn(2, 1, 4, 4)]  # no requires_grad: the forward skips the gradient pass
+    torch.testing.assert_close(ops.lsgan(preds, 1.0, impl="cpp"), lsgan_ref(preds, 1.0))
+    a = torch.randn(4, 4).numpy()
+    with pytest.raises(ValueError, match=r"lsgan_forward: argument 'grads_out\[0\]' has shape"):
+        _C.lsgan_forward([a], [1.0], 1, [a[:2].copy()])
