@@ -1,7 +1,8 @@
 """Kernel benchmark: every fused op and impl against the eager reference, in one run.
 
-Per (op, pass, impl, dtype, size): median / p10 / p90 time, bytes moved (the op's minimal reads +
-writes, the same for every impl), GB/s, the same-size torch copy bandwidth and each kernel's fraction
+Per (op, pass, impl, dtype, size): median / p10 / p90 time, bytes moved (the reads + writes of a
+one-pass forward and a one-pass backward, the same count for every impl: reparam_kl fwd 4n, fwd_bwd
+10n; lsgan fwd n, fwd_bwd 3n; prepare_batch crop bytes + 4x that in float32), GB/s, the same-size torch copy bandwidth and each kernel's fraction
 of it, and the speed-up over the reference. Impls are timed round-robin, so drift on a shared machine
 hits them alike; compare ratios within one run, not absolute times across runs.
 """
@@ -130,6 +131,16 @@ def _prepare_case(size: int):
     return [n, full, full, 3], out_elems * (1 + 4), fns
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
@@ -156,7 +167,7 @@ def run_kernel_bench(device: str = "cpu", sizes: list[int] | None = None, json_p
     dtypes = [torch.float32, torch.bfloat16] if device == "cuda" else [torch.float32]
     meta = {
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else _cpu_name(),
         "torch": torch.__version__, "triton": _common.TRITON_VERSION, "threads": torch.get_num_threads(),
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "commit": _git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -151,6 +151,8 @@ def test_lsgan_gradcheck_float64():
 
 
 # ----------------------------------------------------------------------------------- CUDA graphs (GPU)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
 def _capture(fn):
     """Warm up on a side stream (compiles the kernels), then capture ``fn`` in a CUDA graph."""
     stream = torch.cuda.Stream()
@@ -166,6 +168,7 @@ def _capture(fn):
 
 
 @pytest.mark.gpu
+@needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_reparam_kl_in_cuda_graph(dtype):
     shape, w = (8, 8), 0.01
@@ -193,6 +196,7 @@ def test_reparam_kl_in_cuda_graph(dtype):
 
 
 @pytest.mark.gpu
+@needs_cuda
 @pytest.mark.parametrize("n_scales", [1, 2, 3])
 def test_lsgan_and_lsgan_d_in_cuda_graph(n_scales):
     sizes = [(2, 30 >> s, 30 >> s) for s in range(n_scales)]
