@@ -92,3 +92,28 @@ def test_op_impls_covers_every_op_and_device():
         assert r["auto"] == "ref" or r["available"][r["auto"]] is True
     table = envinfo.format_op_impls(records)
     assert "reparam_kl" in table and "prepare_batch" in table
+
+
+def test_everything_imports_and_runs_without_triton():
+    """A machine without triton: the op modules import, auto uses cpp/ref, explicit triton says why not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch\n"
+        "from bicycle import ops, envinfo\n"
+        "from bicycle.kernels import _common\n"
+        "assert not _common.HAS_TRITON\n"
+        "z, kl = ops.reparam_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3))\n"
+        "assert ops.resolve_impl('auto', 'cuda', 'lsgan') == 'ref'\n"
+        "try:\n"
+        "    ops.lsgan([torch.zeros(2)], 1.0, impl='triton')\n"
+        "except ops.OpUnavailableError as e:\n"
+        "    print('ERR', e)\n"
+        "print(envinfo.format_op_impls(envinfo.op_impls()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ERR lsgan: impl 'triton' is unavailable: triton is not importable" in out.stdout
+    assert "triton is not importable" in out.stdout.split("ERR", 1)[1].split("\n", 1)[1]
