@@ -9,6 +9,7 @@ hits them alike; compare ratios within one run, not absolute times across runs.
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import math
 import os
@@ -131,6 +132,13 @@ def _prepare_case(size: int):
     return [n, full, full, 3], out_elems * (1 + 4), fns
 
 
+def _triton_version() -> str | None:
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -154,7 +162,6 @@ def run_kernel_bench(device: str = "cpu", sizes: list[int] | None = None, json_p
                      quick: bool = False) -> list[dict]:
     """Benchmark every op x impl x size on ``device`` ("cpu" or "cuda"); optionally write JSON. Returns the records."""
     from bicycle import ops
-    from bicycle.kernels import _common
 
     if device not in ("cpu", "cuda"):
         raise ValueError(f"bench: device must be 'cpu' or 'cuda', got {device!r}")
@@ -168,7 +175,7 @@ def run_kernel_bench(device: str = "cpu", sizes: list[int] | None = None, json_p
     meta = {
         "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else _cpu_name(),
-        "torch": torch.__version__, "triton": _common.TRITON_VERSION, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "triton": _triton_version(), "threads": torch.get_num_threads(),
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "commit": _git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
