@@ -1,0 +1,1 @@
+"""AdaIN-style z injection for bicycle: modulates features instead of concatenating z."""
