@@ -115,6 +115,8 @@ def check_injector_standalone(spec: InjectorSpec, points: Sequence[InjectionPoin
         if tuple(out.shape) != (batch, after, p.height, p.width):
             raise ConformanceError(f"{who}: at {p} the output has shape {tuple(out.shape)}, expected "
                                    f"{(batch, after, p.height, p.width)} (channels_after({p.index}) = {after})")
+    if not any(o.requires_grad for o in outs):
+        raise ConformanceError(f"{who}: the output does not depend on z at any point (and has no parameters)")
     sum(o.square().mean() for o in outs).backward()
     params = [(n, q) for n, q in inj.named_parameters() if q.requires_grad]
     starved = [n for n, q in params if q.grad is None or not q.grad.abs().max() > 0]

@@ -1,0 +1,122 @@
+"""bicycle's own components pass the conformance kit (bicycle.testing), and the kit catches broken ones."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from bicycle.data.base import DatasetRequest
+from bicycle.registry import BackboneSpec, InjectionPoint, Injector, InjectorSpec
+from bicycle.testing import check_backbone, check_dataset, check_generator, check_injector, tiny_generator_args
+from bicycle.testing.fixtures import (BackboneConformance, DatasetConformance, InjectorConformance,  # noqa: F401
+                                      bicycle_registry, one_torch_thread)
+
+
+class TestUnet(BackboneConformance):
+    backbone = "unet"
+
+
+class TestUnet128(BackboneConformance):
+    backbone = "unet128"
+    injectors = ("all",)
+    image_size = 128
+    ngf = 4
+
+
+class TestInputInjector(InjectorConformance):
+    injector = "input"
+
+
+class TestAllInjector(InjectorConformance):
+    injector = "all"
+
+
+class TestShapes(DatasetConformance):
+    dataset = "shapes"
+
+
+class TestAligned(DatasetConformance):
+    dataset = "aligned"
+
+    @pytest.fixture
+    def dataset_request(self, tmp_path: Path) -> DatasetRequest:
+        from data_helpers import make_aligned_dataset
+        root = make_aligned_dataset(tmp_path / "ab", n_train=3, n_val=1, size=40)
+        return DatasetRequest(split="train", image_size=32, path=str(root), options=(("progress", False),))
+
+
+def test_builtin_report_has_every_check(bicycle_registry, one_torch_thread):
+    report = check_backbone(bicycle_registry.backbone("unet"), [bicycle_registry.injector("all")], registry=bicycle_registry)
+    assert set(report.checks()) == {"size_declarations", "output_shape_and_range", "z_sensitivity", "gradient_flow",
+                                    "safetensors_round_trip", "determinism", "cuda_graph", "injection_contract"}
+    report.raise_for_failures()
+    assert ("cuda_graph" in report.checks("skipped")) == (not torch.cuda.is_available())
+
+
+# -- the kit catches what it claims to catch ----------------------------------------------------------
+class _IgnoresZ(Injector):
+    def __init__(self, points: Sequence[InjectionPoint], nz: int) -> None:
+        super().__init__()
+        self._ch = {p.index: p.channels for p in points}
+
+    def channels_after(self, index: int) -> int:
+        return self._ch[index]
+
+    def forward(self, index: int, x: Tensor, z: Tensor) -> Tensor:
+        return x
+
+
+class _Broken(nn.Module):
+    """Out of range (no tanh), a parameter no gradient reaches, mixes samples, skips point 1."""
+
+    def __init__(self, args, injector: InjectorSpec) -> None:
+        super().__init__()
+        s = args.image_size
+        self.injector = injector.build([InjectionPoint(0, args.in_channels, s, s), InjectionPoint(1, 4, s, s)], args.nz)
+        self.conv = nn.Conv2d(self.injector.channels_after(0), args.out_channels, 3, 1, 1)
+        self.unused = nn.Parameter(torch.zeros(3))
+
+    def forward(self, a: Tensor, z: Tensor) -> Tensor:
+        out = self.conv(self.injector(0, a, z)) * 100
+        return out + out.mean(0, keepdim=True)
+
+
+def _broken_backbone() -> BackboneSpec:
+    return BackboneSpec("broken", _Broken, lambda s: None)
+
+
+def test_kit_reports_each_broken_property(bicycle_registry, one_torch_thread):
+    report = check_generator(_broken_backbone(), bicycle_registry.injector("input"), tiny_generator_args())
+    failed = {r.check: r.detail for r in report.failures}
+    assert "outside [-1, 1]" in failed["output_shape_and_range"]
+    assert "other samples" in failed["z_sensitivity"]
+    assert "unused" in failed["gradient_flow"]
+    assert "called the injector at points [0]" in failed["injection_contract"]
+    assert {"safetensors_round_trip", "determinism"} <= set(report.checks("passed"))
+    with pytest.raises(AssertionError, match="backbone 'broken' \\+ injector 'input'"):
+        report.raise_for_failures()
+
+
+def test_kit_catches_an_injector_that_ignores_z(bicycle_registry, one_torch_thread):
+    report = check_injector(InjectorSpec("deaf", _IgnoresZ), registry=bicycle_registry)
+    failed = {r.check: r.detail for r in report.failures}
+    assert "does not depend on z" in failed["injector_standalone"]
+    assert "does not depend on z" in failed["z_sensitivity"]
+
+
+def test_kit_catches_a_dataset_with_a_wrong_range_and_a_lying_oracle_flag(bicycle_registry):
+    from bicycle.data.shapes import ShapesDataset
+    from bicycle.registry import DatasetSpec
+
+    class Loud(ShapesDataset):
+        def __getitem__(self, index):
+            a, b = super().__getitem__(index)
+            return a * 2, b
+
+    spec = DatasetSpec("loud", lambda req: Loud(req.image_size, req.split, req.seed, 4, length=8), has_oracle=False)
+    failed = {r.check: r.detail for r in check_dataset(spec).failures}
+    assert "outside [-1, 1]" in failed["pairs_dtype_and_range"]
+    assert "has_oracle=False but the dataset provides" in failed["oracle"]
