@@ -7,7 +7,7 @@ from torch import Tensor
 
 from bicycle.data.base import DatasetRequest, PairedDataset, oracle_of
 from bicycle.registry import DatasetSpec
-from bicycle.testing.report import ConformanceError
+from bicycle.testing.report import CheckSkipped, ConformanceError
 
 SAMPLES = 4
 
@@ -107,7 +107,6 @@ def check_oracle(spec: DatasetSpec, ds: PairedDataset) -> str:
         raise ConformanceError(f"{who}: has_oracle={spec.has_oracle} but the dataset "
                                + ("provides" if oracle is not None else "does not provide") + " mode_of/is_valid/num_modes")
     if oracle is None:
-        from bicycle.testing.report import CheckSkipped
         raise CheckSkipped("no oracle")
     k = oracle.num_modes
     if not isinstance(k, int) or k < 1:
