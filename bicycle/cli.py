@@ -160,6 +160,23 @@ def sample(checkpoint: str, input_path: Path | None, data: str | None, samples: 
     _run(run_sample, checkpoint, input_path, data, samples, n_inputs, out, seed, device, click.echo)
 
 
+@main.command("eval")
+@click.option("--checkpoint", required=True, help="a checkpoint file or a run dir (its latest checkpoint)")
+@click.option("--data", help="dataset name or folder (default: the one the model was trained on)")
+@click.option("--inputs", "n_inputs", type=int, default=100, show_default=True, help="M inputs")
+@click.option("--samples", type=int, default=20, show_default=True, help="N random-z outputs per input")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the results here")
+@click.option("--device", default="auto", show_default=True)
+def evaluate(checkpoint: str, data: str | None, n_inputs: int, samples: int, seed: int, json_path: Path | None,
+             device: str) -> None:
+    """Realism and diversity: oracle measures when the dataset has one, pixel diversity always."""
+    if samples < 1 or n_inputs < 1:
+        raise click.UsageError("--samples and --inputs must be at least 1")
+    from bicycle.evaluate import run_eval
+    _run(run_eval, checkpoint, data, n_inputs, samples, seed, json_path, device, click.echo)
+
+
 @main.command()
 def plugins() -> None:
     """List every registered component and the plugin it came from."""
@@ -183,15 +200,13 @@ def env() -> None:
         click.echo(line)
 
 
-def _attach_optional_commands() -> None:
-    try:
-        from bicycle.bench import bench
-    except ImportError:
-        return
+def _attach_bench() -> None:
+    from bicycle.bench import bench
+
     main.add_command(bench, "bench")
 
 
-_attach_optional_commands()
+_attach_bench()
 
 if __name__ == "__main__":
     main()

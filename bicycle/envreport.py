@@ -22,14 +22,9 @@ def report() -> list[str]:
         lines.append(f"device: cuda ({torch.cuda.get_device_name(0)}), {torch.cuda.device_count()} GPU(s)")
     else:
         lines.append(f"device: cpu ({torch.get_num_threads()} threads); CUDA not available")
-    try:
-        from bicycle.envinfo import op_impls
-    except ImportError as exc:
-        lines.append(f"ops: implementation report unavailable ({exc})")
-    else:
-        lines.append("ops (impl=auto):")
-        for row in op_impls():
-            lines.append("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    from bicycle.envinfo import format_op_impls, op_impls
+    lines.append("ops (which implementation impl=auto picks, and why):")
+    lines += ["  " + line for line in format_op_impls(op_impls()).splitlines()]
     from bicycle.plugins import get_plugins
     p = get_plugins()
     lines.append("plugins: " + ", ".join(p.plugin_names()))

@@ -125,3 +125,16 @@ def test_plugins_and_env_list_components():
         assert f"  {name} " in out
     env = invoke("env").output
     assert "torch" in env and "device:" in env and "plugins:" in env
+
+
+def test_eval_writes_every_measure_and_its_protocol(run_dir, tmp_path):
+    run, _ = run_dir
+    out = tmp_path / "eval.json"
+    result = invoke("eval", "--checkpoint", str(run), "--inputs", "3", "--samples", "4", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    for key in ("valid_rate", "modes_per_input", "ideal_modes_per_input", "mode_jsd", "encoded_mode_rate",
+                "diversity_pixel_l1", "encoded_recon_l1", "z_sensitivity"):
+        assert key in data and data[key] is not None, key
+    assert data["protocol"]["inputs"] == 3 and data["protocol"]["samples"] == 4
+    assert 0 <= data["valid_rate"] <= 1 and 0 <= data["mode_jsd"] <= 1

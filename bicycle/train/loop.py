@@ -13,6 +13,7 @@ import torch
 from bicycle.config import RESUMABLE_KEYS, RunConfig
 from bicycle.data.base import oracle_of
 from bicycle.errors import ConfigError, DataError
+from bicycle.metrics import z_sensitivity
 from bicycle.io import atomic_write_bytes, load_checkpoint, load_networks, load_optimizers, save_checkpoint, write_latest
 from bicycle.models import MODELS, Objective, draw_noise
 from bicycle.plugins import Plugins, get_plugins
@@ -23,6 +24,9 @@ from bicycle.train.progress import Progress, fmt_duration
 from bicycle.train.step import TrainState, train_step
 
 GRID_INPUTS, GRID_SAMPLES = 4, 6
+# z-sensitivity (bicycle.metrics.z_sensitivity) below this after 10% of training: G is ignoring z.
+Z_SENSITIVITY_WARNING = 0.1
+HEALTH_AFTER = 0.1
 FINAL_INPUTS, FINAL_SAMPLES = 8, 20
 WARMUP_STEPS = 3
 
@@ -122,15 +126,24 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     zgen = torch.Generator().manual_seed(cfg.train.seed + 1)
     grid_z = torch.randn(n_grid, GRID_SAMPLES, cfg.net.nz, generator=zgen)
 
-    def write_samples(step: int, name: str | None = None) -> Path:
+    health = {"warned": False, "history": []}
+
+    def write_samples(step: int) -> Path:
         for _, m in nets.items():
             m.eval()
-        image, _ = sample_grid(nets, grid_a.to(device), grid_b.to(device), grid_z.to(device))
+        image, outs = sample_grid(nets, grid_a.to(device), grid_b.to(device), grid_z.to(device))
         for _, m in nets.items():
             m.train()
-        path = sample_dir / (name or f"step_{step:08d}.png")
+        path = sample_dir / f"step_{step:08d}.png"
         image.save(path)
         plugins.notify("bicycle_train_sample", step=step, path=path, config=cfg, run_dir=run_dir)
+        if n_grid > 1:
+            sens = z_sensitivity(outs.float().cpu())
+            health["history"].append((step, round(sens, 4)))
+            if step >= HEALTH_AFTER * total and sens < Z_SENSITIVITY_WARNING and not health["warned"]:
+                health["warned"] = True
+                progress.message(f"warning: G is ignoring z (z-sensitivity {sens:.3f} < {Z_SENSITIVITY_WARNING} at step "
+                                 f"{step}): outputs for different z barely differ; expect mode collapse")
         return path
 
     def write_checkpoint(step: int, stream: BatchStream) -> Path:
@@ -180,7 +193,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     if step > start or ckpt is None:
         path = write_checkpoint(step, stream)
         echo(f"checkpoint: {path}")
-    summary: dict = {"step": step, "seconds": round(time.perf_counter() - t_start, 1)}
+    summary: dict = {"step": step, "seconds": round(time.perf_counter() - t_start, 1),
+                     "z_sensitivity": health["history"], "ignoring_z_warning": health["warned"]}
     if not interrupted:
         summary.update(final_report(cfg, nets, val, sample_dir, device, echo))
         atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())

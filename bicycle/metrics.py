@@ -1,0 +1,66 @@
+"""Realism and diversity measures (``bicycle eval``), as pure functions over tensors.
+
+Protocol: M inputs, N random-z outputs each (z ~ N(0, I)), plus the encoded output G(A, mu(E(B)))
+where the ground truth B is known. Pairwise diversity uses the N - 1 consecutive pairs
+(s_0, s_1), (s_1, s_2), ... of each input's samples (19 pairs for N = 20, the paper's count).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+PROTOCOL_VERSION = "bicycle-eval/1"
+
+
+def ideal_distinct_modes(probs: Tensor, n: int) -> Tensor:
+    """probs: [M, K] true p(mode | A) -> [M]: expected distinct modes in n independent draws,
+    sum_k 1 - (1 - p_k)^n."""
+    return (1 - (1 - probs).pow(n)).sum(-1)
+
+
+def jsd_base2(p: Tensor, q: Tensor) -> float:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) between two histograms (normalised here)."""
+    p = p.double() / p.sum().clamp_min(1e-300)
+    q = q.double() / q.sum().clamp_min(1e-300)
+    m = (p + q) / 2
+
+    def kl(a: Tensor, b: Tensor) -> Tensor:
+        mask = a > 0
+        return (a[mask] * (a[mask] / b[mask]).log2()).sum()
+
+    return float((kl(p, m) + kl(q, m)) / 2)
+
+
+def consecutive_pair_l1(outs: Tensor) -> Tensor:
+    """outs: [M, N, C, H, W] -> [M]: mean over the N-1 consecutive pairs of mean |s_i - s_{i+1}|."""
+    if outs.shape[1] < 2:
+        return torch.full((outs.shape[0],), math.nan)
+    return (outs[:, 1:] - outs[:, :-1]).abs().flatten(2).mean(-1).mean(-1)
+
+
+def z_sensitivity(outs: Tensor) -> float:
+    """outs: [M, N, C, H, W] (M >= 2, N >= 2): mean distance between outputs of one input for
+    different z, over mean distance between outputs of different inputs for the same z.
+    Near 0: G ignores z. Near 1 or above: z changes the output as much as the input does."""
+    across_z = consecutive_pair_l1(outs).mean()
+    across_inputs = (outs[1:] - outs[:-1]).abs().flatten(2).mean(-1).mean()
+    return float(across_z / across_inputs.clamp_min(1e-12))
+
+
+def mode_statistics(valid: Tensor, modes: Tensor, probs: Tensor) -> dict[str, float]:
+    """valid, modes: [M, N] (oracle verdicts on random-z samples); probs: [M, K] true p(mode | A)."""
+    m, n = valid.shape
+    k = probs.shape[1]
+    distinct = torch.tensor([len(set(modes[i][valid[i]].tolist())) for i in range(m)], dtype=torch.float64)
+    ideal = ideal_distinct_modes(probs.double(), n)
+    hist = torch.bincount(modes[valid].clamp(0, k - 1), minlength=k).double()
+    true = probs.double().sum(0)
+    return {
+        "valid_rate": float(valid.double().mean()),
+        "modes_per_input": float(distinct.mean()),
+        "ideal_modes_per_input": float(ideal.mean()),
+        "modes_fraction_of_ideal": float(distinct.mean() / ideal.mean()),
+        "mode_jsd": jsd_base2(hist, true) if hist.sum() > 0 else 1.0,
+    }
