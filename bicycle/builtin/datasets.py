@@ -19,7 +19,7 @@ def _aligned(request: DatasetRequest):
 @hookimpl
 def bicycle_datasets() -> list[DatasetSpec]:
     return [
-        DatasetSpec("shapes", _shapes, "procedural outlines -> filled shapes in one of K colours (no files; exact oracle)",
+        DatasetSpec("shapes", _shapes, "procedural silhouettes -> the shape in one of K colours (no files; exact oracle)",
                     needs_path=False, has_oracle=True),
         DatasetSpec("aligned", _aligned, "pix2pix folder layout: A|B side by side, train/ and val/ subfolders",
                     needs_path=True),

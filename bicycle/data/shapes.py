@@ -1,14 +1,14 @@
 """``shapes``: a procedural dataset with K equally likely modes of B per A and an exact oracle.
 
-A (1 channel): the outline of one random convex shape (ellipse, rectangle or triangle; random
+A (1 channel): the silhouette of one random convex shape (ellipse, rectangle or triangle; random
 position, size and rotation), +1 on -1. B (3 channels): the same shape filled with one of K palette
 colours on a grey (0) background. The colour is drawn uniformly and independently of A, so every A
 has K equally likely outputs. Everything is a function of (seed, split, index) and renders at any
 size: no files, no network.
 
 Oracle (the dataset's spec, used by ``bicycle eval``):
-- the shape's region is recovered from A alone: in each row, the pixels between the first and the
-  last outline pixel (exact for convex shapes); a band of one pixel around the outline is ignored;
+- the shape's region is A > 0; a band of about one pixel (per 64 px) on both sides of its boundary
+  is ignored;
 - ``mode_of(A, B)``: the palette colour nearest (max-abs over channels) to B's median colour
   inside the region;
 - ``is_valid(A, B)``: at least 85% of inside pixels within 0.45 (max-abs) of that palette colour
@@ -41,24 +41,22 @@ DEFAULT_LENGTHS = {"train": 20_000, "val": 500}
 KINDS = ("ellipse", "rectangle", "triangle")
 
 
-def _band(outline: Tensor, size: int) -> Tensor:
-    """Outline dilated by about 1 px per 64 px of image (at least 1): the ignored boundary band."""
-    r = max(1, size // 64)
-    return F.max_pool2d(outline.float(), 2 * r + 1, 1, r) > 0
+def _erode(mask: Tensor, r: int) -> Tensor:
+    return -F.max_pool2d(-mask.float(), 2 * r + 1, 1, r) > 0
 
 
-def region_from_outline(outline: Tensor) -> Tensor:
-    """outline: bool [N, 1, H, W] -> bool [N, 1, H, W]: per row, from the first to the last outline pixel."""
-    w = outline.shape[-1]
-    cols = torch.arange(w, device=outline.device)
-    big = torch.full_like(cols, w)
-    first = torch.where(outline, cols, big).amin(-1, keepdim=True)
-    last = torch.where(outline, cols, -1).amax(-1, keepdim=True)
-    return (cols >= first) & (cols <= last)
+def _dilate(mask: Tensor, r: int) -> Tensor:
+    return F.max_pool2d(mask.float(), 2 * r + 1, 1, r) > 0
+
+
+def boundary_band(region: Tensor) -> Tensor:
+    """region: bool [N, 1, H, W] -> the ignored band, about 1 px per 64 px (at least 1) on each side."""
+    r = max(1, region.shape[-1] // 64)
+    return _dilate(region, r) & ~_erode(region, r)
 
 
 class ShapesDataset:
-    """Procedural outline -> coloured shape pairs. A [1, S, S], B [3, S, S], float32 in [-1, 1]."""
+    """Procedural silhouette -> coloured shape pairs. A [1, S, S], B [3, S, S], float32 in [-1, 1]."""
 
     a_channels = 1
     b_channels = 3
@@ -127,10 +125,7 @@ class ShapesDataset:
     def render(self, index: int) -> tuple[Tensor, Tensor]:
         p = self.params(index)
         inside = self._inside(p)[None, None]
-        thickness = max(1, round(self.image_size / 48))
-        eroded = -F.max_pool2d(-inside.float(), 2 * thickness + 1, 1, thickness) > 0
-        outline = inside & ~eroded
-        a = torch.where(outline, 1.0, -1.0)[0].float()
+        a = torch.where(inside, 1.0, -1.0)[0].float()
         colour = self.palette[int(p["mode"])].view(3, 1, 1)
         b = torch.where(inside[0], colour, torch.full_like(colour, BACKGROUND)).float()
         return a, b
@@ -146,9 +141,9 @@ class ShapesDataset:
 
     # -- oracle -------------------------------------------------------------------------------
     def _regions(self, a: Tensor) -> tuple[Tensor, Tensor]:
-        outline = a > 0
-        region = region_from_outline(outline)
-        band = _band(outline, a.shape[-1])
+        """A [N, 1, H, W] -> (inside, outside) bool [N, H, W], the boundary band excluded from both."""
+        region = a > 0
+        band = boundary_band(region)
         return (region & ~band)[:, 0], (~region & ~band)[:, 0]
 
     def mode_of(self, a: Tensor, b: Tensor) -> Tensor:
@@ -185,4 +180,4 @@ class ShapesDataset:
         return torch.full((a.shape[0], self.num_modes), 1.0 / self.num_modes)
 
 
-__all__ = ["ShapesDataset", "PALETTE", "region_from_outline"]
+__all__ = ["ShapesDataset", "PALETTE"]
