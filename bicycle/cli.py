@@ -41,6 +41,7 @@ _TRAIN_KEYS = {
     "load_size": "data.load_size", "flip": "data.flip", "lr": "optim.lr", "lambda_l1": "loss.l1",
     "lambda_kl": "loss.kl", "lambda_z": "loss.z", "log_every": "train.log_every",
     "sample_every": "train.sample_every", "checkpoint_every": "train.checkpoint_every",
+    "cuda_graphs": "train.cuda_graphs", "precision": "train.precision", "compile": "train.compile",
 }
 
 
@@ -79,6 +80,10 @@ _TRAIN_KEYS = {
 @click.option("--log-every", type=int)
 @click.option("--sample-every", type=int)
 @click.option("--checkpoint-every", type=int)
+@click.option("--cuda-graphs/--no-cuda-graphs", default=None,
+              help="replay each iteration from a CUDA graph (default: on for CUDA devices, eager on CPU)")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="bf16: autocast + channels_last (opt-in)")
+@click.option("--compile/--no-compile", default=None, help="torch.compile the networks")
 @click.pass_context
 def train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool, **flags) -> None:
     """Train a model; the no-flag default is the demo preset on the built-in `shapes` dataset."""
@@ -119,6 +124,10 @@ def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Pa
                 overrides["net.image_size"] = implied
         cfg = validate(replace(cfg, overrides))
         click.echo(f"bicycle train: preset {preset} ({PRESET_NOTES[preset]})")
+    if cfg.train.cuda_graphs:
+        from bicycle.train.graph import check_cuda_graphs
+        from bicycle.train.build import pick_device
+        check_cuda_graphs(True, pick_device(cfg.train.device))
     if dry_run:
         cfg = resolve(cfg, registry)
         click.echo(cfg.to_json())

@@ -19,6 +19,7 @@ UPSAMPLES = ("basic", "bilinear")
 ENCODERS = ("resnet", "conv")
 GAN_MODES = ("lsgan", "vanilla")
 DIRECTIONS = ("AtoB", "BtoA")
+PRECISIONS = ("fp32", "bf16")
 MIN_IMAGE_SIZE = 32
 
 
@@ -89,6 +90,10 @@ class TrainConfig:
     sample_every: int = 1000
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    # Execution only (the mathematics is the same): None = CUDA graphs on CUDA devices, eager elsewhere.
+    cuda_graphs: bool | None = None
+    precision: str = "fp32"  # "bf16": autocast + channels_last (opt-in)
+    compile: bool = False  # torch.compile each network
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,8 @@ _SECTION_TYPES = {
 
 # Keys a resumed run may change; any other difference is a usage error.
 RESUMABLE_KEYS = frozenset(
-    {"train.steps", "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.impl"}
+    {"train.steps", "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.impl",
+     "train.cuda_graphs", "train.precision", "train.compile"}
 )
 
 # Presets. "demo" is calibrated to finish in at most 10 minutes on an idle 2-core CPU.
@@ -189,6 +195,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice("net.encoder", n.encoder, ENCODERS)
     _choice("net.gan_mode", n.gan_mode, GAN_MODES)
     _choice("data.direction", d.direction, DIRECTIONS)
+    _choice("train.precision", t.precision, PRECISIONS)
     if n.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"image size {n.image_size} is too small: bicycle supports {MIN_IMAGE_SIZE} px and up")
     for key, value in (("net.nz", n.nz), ("net.ngf", n.ngf), ("net.nef", n.nef), ("net.ndf", n.ndf),

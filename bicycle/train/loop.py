@@ -20,6 +20,7 @@ from bicycle.plugins import Plugins, get_plugins
 from bicycle.sample import distinct_valid_modes, sample_grid
 from bicycle.train.build import build_dataset, build_networks, build_optimizers, lr_factor, pick_device, resolve
 from bicycle.train.data import BatchStream
+from bicycle.train.graph import GraphedStep, autocast, host_lrs, prepare_networks, use_cuda_graphs
 from bicycle.train.progress import Progress, fmt_duration
 from bicycle.train.step import TrainState, train_step
 
@@ -101,8 +102,10 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     torch.manual_seed(cfg.train.seed)
     device = pick_device(cfg.train.device)
     nets = build_networks(cfg, registry)
+    graphs, graphs_note = use_cuda_graphs(cfg.train.cuda_graphs, device)
     for _, m in nets.items():
         m.to(device).train()
+    prepare_networks(nets, cfg.train.precision, cfg.train.compile)
     optimizers = build_optimizers(cfg, nets)
     start = 0
     if ckpt is not None:
@@ -148,8 +151,9 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
 
     def write_checkpoint(step: int, stream: BatchStream) -> Path:
         epoch, offset = stream.position()
-        path = save_checkpoint(ckpt_dir / _checkpoint_name(step), cfg, nets, step, optimizers,
-                               {"data_epoch": str(epoch), "data_offset": str(offset)})
+        with host_lrs(optimizers):  # the graphed step keeps lrs as device tensors
+            path = save_checkpoint(ckpt_dir / _checkpoint_name(step), cfg, nets, step, optimizers,
+                                   {"data_epoch": str(epoch), "data_offset": str(offset)})
         write_latest(ckpt_dir, path.name)
         _prune(ckpt_dir, cfg.train.keep_checkpoints)
         plugins.notify("bicycle_train_checkpoint", step=step, path=path, config=cfg, run_dir=run_dir)
@@ -161,18 +165,31 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     plugins.notify("bicycle_train_start", config=cfg, run_dir=run_dir, start_step=start)
     step, interrupted, eta_shown = start, False, False
     base_lrs = {k: cfg.optim.lr for k in optimizers}
+    graphed = None
+    if graphs_note:
+        echo(graphs_note)
+    if graphs:
+        s, nz = cfg.net.image_size, cfg.net.nz
+        graphed = GraphedStep(state, (cfg.train.batch_size, cfg.net.in_channels, s, s),
+                              (cfg.train.batch_size, cfg.net.out_channels, s, s), nz, device, base_lrs,
+                              warmup=WARMUP_STEPS, precision=cfg.train.precision)
     with _StopFlag() as flag:
         while step < total:
             if flag.stop:
                 interrupted = True
                 break
             factor = lr_factor(step, total, cfg.optim.decay_start)
-            for k, opt in optimizers.items():
-                for group in opt.param_groups:
-                    group["lr"] = base_lrs[k] * factor
             a, b = stream.next()
-            noise = draw_noise(model, a.shape[0], cfg.net.nz, device)
-            metrics = train_step(state, a.to(device, non_blocking=True), b.to(device, non_blocking=True), noise)
+            if graphed is not None:  # lr tensors refilled outside the graph, batch into static buffers
+                graphed.set_lr_factor(factor)
+                metrics = graphed.step(a, b)
+            else:
+                for k, opt in optimizers.items():
+                    for group in opt.param_groups:
+                        group["lr"] = base_lrs[k] * factor
+                noise = draw_noise(model, a.shape[0], cfg.net.nz, device)
+                with autocast(device, cfg.train.precision):
+                    metrics = train_step(state, a.to(device, non_blocking=True), b.to(device, non_blocking=True), noise)
             step += 1
             if step == start + WARMUP_STEPS:
                 progress.reset_rate(step)

@@ -1,0 +1,237 @@
+"""CUDA-graph capture of the whole training iteration, and the execution options around it.
+
+:class:`GraphedStep` owns static input buffers (``a``, ``b``), keeps each optimizer's learning rate
+as a device tensor (capturable Adam reads it inside the graph; :meth:`GraphedStep.set_lr_factor`
+refills it outside the graph before each replay, so the schedule is honoured under replay), runs a
+few eager warm-up iterations on a side stream (as PyTorch's whole-network capture recipe), then
+captures :func:`bicycle.train.step.train_step` once with ``torch.cuda.graph`` and replays it.
+
+Noise: by default eps and z are drawn INSIDE the graph with ``torch.randn`` on the device's default
+generator; the graph registers that generator, so each replay advances the Philox offset and the
+noise (and the dropout masks) differ between replays. ``noise="static"`` reads eps/z from static
+buffers instead (filled with :meth:`GraphedStep.set_noise`), for tests that inject fixed noise.
+
+The returned metrics are the graph's static outputs (0-dim device tensors): they hold the losses
+of the latest replay and are read on the host only when logged.
+
+On a device without CUDA graphs (``capture=False``) the same object runs the same body eagerly;
+that is how the CPU tests exercise the buffers, the learning-rate tensors and the noise plumbing.
+Nothing here changes the mathematics of ``train_step``.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from bicycle.errors import ConfigError
+from bicycle.models import draw_noise
+from bicycle.train.step import TrainState, train_step
+
+CPU_EAGER_MESSAGE = "eager (CUDA graphs need a CUDA device)"
+DEFAULT_WARMUP = 3
+
+
+# -- options -------------------------------------------------------------------------------------
+
+def check_cuda_graphs(setting: bool | None, device: torch.device) -> None:
+    """An explicit request for CUDA graphs on a device without them is a usage error."""
+    if setting and device.type != "cuda":
+        raise ConfigError(f"--cuda-graphs needs a CUDA device, but the run uses {device.type!r}: "
+                          f"drop the flag or pass --no-cuda-graphs (the default there is eager)")
+
+
+def use_cuda_graphs(setting: bool | None, device: torch.device) -> tuple[bool, str | None]:
+    """(capture?, a one-time message or None). None means: on for CUDA, eager elsewhere (and say so)."""
+    check_cuda_graphs(setting, device)
+    if setting is None:
+        if device.type == "cuda":
+            return True, None
+        return False, CPU_EAGER_MESSAGE
+    return bool(setting), None
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``precision == "bf16"``, a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
+
+
+def memory_format(precision: str) -> torch.memory_format:
+    return torch.channels_last if precision == "bf16" else torch.contiguous_format
+
+
+def prepare_networks(nets, precision: str = "fp32", compile: bool = False) -> None:
+    """In place: channels_last for bf16; ``nn.Module.compile`` (state-dict keys unchanged) when asked."""
+    for _, m in nets.items():
+        if precision == "bf16":
+            m.to(memory_format=torch.channels_last)
+        if compile:
+            m.compile()
+
+
+# -- learning rates as device tensors ------------------------------------------------------------
+
+def lr_tensors(optimizers: dict[str, torch.optim.Optimizer], device: torch.device | str) -> dict[str, list[Tensor]]:
+    """Replace every param group's float lr with a 0-dim float32 tensor on ``device`` (once); return them.
+
+    Capturable Adam accepts a Tensor lr and reads it on the device, so a graph captured with these
+    tensors follows whatever :func:`set_lr` writes into them before a replay.
+    """
+    out: dict[str, list[Tensor]] = {}
+    for name, opt in optimizers.items():
+        tensors = []
+        for group in opt.param_groups:
+            lr = group["lr"]
+            if not isinstance(lr, Tensor):
+                lr = torch.tensor(float(lr), dtype=torch.float32, device=device)
+                group["lr"] = lr
+            tensors.append(lr)
+        out[name] = tensors
+    return out
+
+
+def set_lr(tensors: dict[str, list[Tensor]], base_lrs: dict[str, float], factor: float) -> None:
+    """lr = base * factor, written in place (outside any graph: ``fill_`` with a host scalar)."""
+    for name, ts in tensors.items():
+        for t in ts:
+            t.fill_(base_lrs[name] * factor)
+
+
+@contextlib.contextmanager
+def host_lrs(optimizers: dict[str, torch.optim.Optimizer]) -> Iterator[None]:
+    """Temporarily show float lrs in the param groups (for state_dict / JSON checkpoints); the very
+    same tensors are put back, so a captured graph keeps reading them."""
+    saved = []
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            if isinstance(group["lr"], Tensor):
+                saved.append((group, group["lr"]))
+                group["lr"] = float(group["lr"])
+    try:
+        yield
+    finally:
+        for group, t in saved:
+            group["lr"] = t
+
+
+# -- the graphed step ----------------------------------------------------------------------------
+
+class GraphedStep:
+    """One training iteration, captured once and replayed. See the module docstring.
+
+    ``step(a, b)`` copies the batch into the static buffers, then: during the first ``warmup`` calls
+    runs ``train_step`` eagerly (on a side stream on CUDA: this also creates the optimizer state),
+    on the next call captures it and replays; afterwards only replays. Every call is one real
+    training iteration. Returns the metrics (static device tensors once captured).
+    """
+
+    def __init__(self, state: TrainState, a_shape: tuple[int, ...], b_shape: tuple[int, ...], nz: int,
+                 device: torch.device | str, base_lrs: dict[str, float], *, warmup: int = DEFAULT_WARMUP,
+                 precision: str = "fp32", noise: str = "graph", capture: bool | None = None) -> None:
+        self.state = state
+        self.device = torch.device(device)
+        if capture is None:
+            capture = self.device.type == "cuda"
+        if capture and self.device.type != "cuda":
+            raise ConfigError(f"CUDA graphs need a CUDA device, got {self.device.type!r}")
+        if noise not in ("graph", "static"):
+            raise ValueError(f"noise must be 'graph' or 'static', got {noise!r}")
+        if warmup < 1:
+            raise ValueError("warmup must be at least 1 (the optimizer state must exist before capture)")
+        self.capture, self.warmup, self.precision, self.noise_mode = capture, warmup, precision, noise
+        self.batch_size, self.nz = a_shape[0], nz
+        fmt = memory_format(precision)
+        self.a = torch.zeros(a_shape, device=self.device).contiguous(memory_format=fmt)
+        self.b = torch.zeros(b_shape, device=self.device).contiguous(memory_format=fmt)
+        self.static_noise = {k: torch.zeros(n, nz, device=self.device)
+                             for k, n in state.model.noise_rows(self.batch_size).items()}
+        self.base_lrs = dict(base_lrs)
+        self.lrs = lr_tensors(state.optimizers, self.device)
+        self.graph = None  # torch.cuda.CUDAGraph once captured
+        self.calls = 0
+        self.metrics: dict[str, Tensor] | None = None
+        self.noise: dict[str, Tensor] = {}  # the noise of the latest call (static outputs once captured)
+        self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def set_lr_factor(self, factor: float) -> None:
+        set_lr(self.lrs, self.base_lrs, factor)
+
+    def load(self, a: Tensor, b: Tensor) -> None:
+        """Copy one batch into the static buffers (asynchronously from pinned memory)."""
+        if a.shape != self.a.shape or b.shape != self.b.shape:
+            raise ValueError(f"batch shapes {tuple(a.shape)}, {tuple(b.shape)} differ from the captured "
+                             f"{tuple(self.a.shape)}, {tuple(self.b.shape)} (the batch size must stay fixed)")
+        self.a.copy_(a, non_blocking=True)
+        self.b.copy_(b, non_blocking=True)
+
+    def load_uint8(self, a: Tensor, b: Tensor, staging: dict[str, Tensor] | None = None) -> None:
+        """uint8 [N, C, S, S] images in [0, 255] -> static float buffers in [-1, 1], converted on the device
+        (a quarter of the bytes over the host link)."""
+        for src, dst in ((a, self.a), (b, self.b)):
+            dev = src.to(self.device, non_blocking=True)
+            dst.copy_(dev).mul_(2.0 / 255.0).sub_(1.0)
+
+    def set_noise(self, noise: dict[str, Tensor]) -> None:
+        """Static-noise mode only: copy eps/z into the buffers the graph reads."""
+        if self.noise_mode != "static":
+            raise RuntimeError("set_noise needs GraphedStep(..., noise='static')")
+        for k, buf in self.static_noise.items():
+            buf.copy_(noise[k], non_blocking=True)
+
+    def _body(self) -> dict[str, Tensor]:
+        if self.noise_mode == "static":
+            noise = self.static_noise
+        else:
+            noise = draw_noise(self.state.model, self.batch_size, self.nz, self.device)
+        self.noise = noise
+        with autocast(self.device, self.precision):
+            return train_step(self.state, self.a, self.b, noise)
+
+    def _eager(self) -> dict[str, Tensor]:
+        if self._side is None:
+            return self._body()
+        self._side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._side):
+            metrics = self._body()
+        torch.cuda.current_stream(self.device).wait_stream(self._side)
+        return metrics
+
+    def _capture(self) -> None:
+        for opt in self.state.optimizers.values():
+            opt.zero_grad(set_to_none=True)  # grads are then allocated inside the graph's pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.metrics = self._body()
+        self.graph = graph
+
+    def step(self, a: Tensor | None = None, b: Tensor | None = None) -> dict[str, Tensor]:
+        if a is not None and b is not None:
+            self.load(a, b)
+        self.calls += 1
+        if self.graph is None:
+            if not self.capture or self.calls <= self.warmup:
+                self.metrics = self._eager()
+                return self.metrics
+            self._capture()  # capture records the work without running it: replay once below
+        assert self.graph is not None
+        self.graph.replay()
+        assert self.metrics is not None
+        return self.metrics
+
+    def replay(self) -> dict[str, Tensor]:
+        """Replay the captured iteration on the current buffers (after capture)."""
+        if self.graph is None:
+            raise RuntimeError("not captured yet")
+        self.graph.replay()
+        assert self.metrics is not None
+        return self.metrics
