@@ -138,3 +138,20 @@ def test_eval_writes_every_measure_and_its_protocol(run_dir, tmp_path):
         assert key in data and data[key] is not None, key
     assert data["protocol"]["inputs"] == 3 and data["protocol"]["samples"] == 4
     assert 0 <= data["valid_rate"] <= 1 and 0 <= data["mode_jsd"] <= 1
+
+
+def test_the_same_command_on_a_pix2pix_folder_of_ones_own_images(tmp_path):
+    from data_helpers import make_aligned_dataset
+
+    root = make_aligned_dataset(tmp_path / "pairs", n_train=6, n_val=2, size=40)
+    run = tmp_path / "run"
+    result = invoke("train", *TINY, "--data", str(root), "--load-size", "36", "--run-dir", str(run))
+    assert result.exit_code == 0, result.output
+    assert "checking" in result.output and (run / "samples" / "final.png").is_file()  # start-up scan, then a grid
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["data"] == str(root) and cfg["net"]["in_channels"] == 3
+    assert "oracle" not in result.output  # folders have no oracle
+    out = tmp_path / "out"
+    result = invoke("sample", "--checkpoint", str(run), "--data", str(root), "--samples", "2", "--inputs", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "grid.png").is_file()
