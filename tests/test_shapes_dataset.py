@@ -72,3 +72,11 @@ def test_deterministic_and_renderable_at_any_size():
     assert small.params(7) == big.params(7)  # the same scene, rendered at two sizes
     assert big[7][1].shape == (3, 256, 256)
     assert not torch.equal(ShapesDataset(32, "val")[0][0], ShapesDataset(32, "train")[0][0])
+
+
+def test_k_is_configurable_from_6_to_8():
+    from bicycle.errors import ConfigError
+    ds = ShapesDataset(32, modes=6)
+    assert {ds.true_mode(i) for i in range(300)} == set(range(6))
+    with pytest.raises(ConfigError, match="modes"):
+        ShapesDataset(32, modes=5)

@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bicycle.data.base import DatasetRequest
+from bicycle.errors import ConfigError
 
 LEVEL = 0.9
 TOLERANCE = 0.45
 MIN_FRACTION = 0.85
-MAX_MODES = 8
-# Cube corners ordered so that any prefix of K >= 2 is spread out.
+MIN_MODES, MAX_MODES = 6, 8
+# Cube corners (any two differ by 1.8 in at least one channel).
 _CORNERS = [(-1, -1, -1), (1, 1, 1), (1, -1, -1), (-1, 1, 1), (-1, 1, -1), (1, -1, 1), (-1, -1, 1), (1, 1, -1)]
 PALETTE = torch.tensor(_CORNERS, dtype=torch.float32) * LEVEL
 BACKGROUND = 0.0
@@ -62,8 +63,8 @@ class ShapesDataset:
     b_channels = 3
 
     def __init__(self, image_size: int, split: str = "train", seed: int = 0, modes: int = 8, length: int | None = None) -> None:
-        if not 2 <= modes <= MAX_MODES:
-            raise ValueError(f"shapes: modes must be within 2..{MAX_MODES}, got {modes}")
+        if not MIN_MODES <= modes <= MAX_MODES:
+            raise ConfigError(f"shapes: modes must be within {MIN_MODES}..{MAX_MODES}, got {modes}")
         if split not in SPLIT_IDS:
             raise ValueError(f"shapes: split must be train or val, got {split!r}")
         self.image_size = image_size
