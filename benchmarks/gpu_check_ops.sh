@@ -46,7 +46,7 @@ timeout 240 $PY - > "$OUT/bench.txt" 2>&1 <<PYEOF || status=1
 from bicycle.bench import format_table, run_kernel_bench
 from bicycle.envinfo import format_op_impls, op_impls
 print(format_op_impls(op_impls()))
-print(format_table(run_kernel_bench("cuda", [1 << 16, 1 << 20, 1 << 22, 1 << 24], "$OUT/kernels_cuda.json", False)))
+print(format_table(run_kernel_bench("cuda", [1 << 16, 1 << 20, 1 << 22, 1 << 24, 1 << 26], "$OUT/kernels_cuda.json", False)))
 PYEOF
 tail -n 40 "$OUT/bench.txt" >> "$OUT/summary.txt"
 cat "$OUT/summary.txt"

@@ -193,8 +193,8 @@ def _device_name(device: str) -> str:
 def _measure(mode: str, cfg, device: str, precision: str, warmup: int, iters: int, profile_iters: int) -> dict:
     """Build ``mode`` from scratch, warm it up, time ``iters`` iterations (data included), profile a few."""
     from bicycle.models import MODELS, Objective
-    from bicycle.train.graph import GraphedStep, autocast, prepare_networks
-    from bicycle.train.step import TrainState, train_step
+    from bicycle.train.graph import GraphedStep, prepare_networks
+    from bicycle.train.step import TrainState
 
     n, s = cfg.train.batch_size, cfg.net.image_size
     if device == "cuda":
@@ -226,10 +226,7 @@ def _measure(mode: str, cfg, device: str, precision: str, warmup: int, iters: in
             to_device_images(b_u8, g.b)
 
         def compute():
-            if g.capture:
-                return g.step()
-            with autocast(device, precision):
-                return g.step()
+            return g.step()  # GraphedStep applies the precision's autocast itself
 
     def run_iter():
         load(*data.next())
@@ -334,9 +331,9 @@ def run_step_bench(device: str = "cpu", batch_sizes: list[int] | None = None, js
             records.append(rec)
             if echo:
                 echo(format_step_table([rec], header=not records[:-1]))
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps({"records": records}, indent=1) + "\n")
+            if json_path:  # after every record: a run cut short by a timeout keeps what it measured
+                Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+                Path(json_path).write_text(json.dumps({"records": records}, indent=1) + "\n")
     return records
 
 
