@@ -26,7 +26,19 @@ def encoder_blocks(image_size: int) -> int:
     return max(2, min(5, floor_log2(image_size) - 3))
 
 
-class ResNetEncoder(nn.Module):
+class _GaussianHeads(nn.Module):
+    """conv trunk -> global features [N, C] -> (mu, logvar), each [N, nz], from two linear heads."""
+
+    conv: nn.Sequential
+    fc_mu: nn.Linear
+    fc_logvar: nn.Linear
+
+    def forward(self, b: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.conv(b).flatten(1)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+
+class ResNetEncoder(_GaussianHeads):
     """E_ResNet: 4x4 stride-2 conv, then n-1 BasicBlocks (channels nef*min(4, k)), global avg pool,
     two linear heads. B [N, in, S, S] -> (mu, logvar) [N, nz]."""
 
@@ -44,12 +56,8 @@ class ResNetEncoder(nn.Module):
         self.fc_logvar = nn.Linear(cout, nz)
         init_weights(self)
 
-    def forward(self, b: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.conv(b).flatten(1)
-        return self.fc_mu(h), self.fc_logvar(h)
 
-
-class ConvEncoder(nn.Module):
+class ConvEncoder(_GaussianHeads):
     """E_NLayers: stride-2 4x4 convs (channels nef*min(4, k)) with norm + LeakyReLU, global avg pool,
     two linear heads. B [N, in, S, S] -> (mu, logvar) [N, nz]."""
 
@@ -66,10 +74,6 @@ class ConvEncoder(nn.Module):
         self.fc_mu = nn.Linear(cout, nz)
         self.fc_logvar = nn.Linear(cout, nz)
         init_weights(self)
-
-    def forward(self, b: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.conv(b).flatten(1)
-        return self.fc_mu(h), self.fc_logvar(h)
 
 
 ENCODERS = {"resnet": ResNetEncoder, "conv": ConvEncoder}
