@@ -177,13 +177,19 @@ def sample(checkpoint: str, input_path: Path | None, data: str | None, samples: 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the results here")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--lpips-weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="safetensors file: AlexNet features.* + LPIPS lin*.model.1.weight; adds diversity_lpips")
+@click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="safetensors file: pytorch-fid Inception-v3 (pt_inception-2015-12-05) state dict; adds fid")
 def evaluate(checkpoint: str, data: str | None, n_inputs: int, samples: int, seed: int, json_path: Path | None,
-             device: str) -> None:
-    """Realism and diversity: oracle measures when the dataset has one, pixel diversity always."""
+             device: str, lpips_weights: Path | None, inception_weights: Path | None) -> None:
+    """Realism and diversity: oracle measures when the dataset has one, pixel diversity always; LPIPS
+    diversity and FID with local weights (never downloaded)."""
     if samples < 1 or n_inputs < 1:
         raise click.UsageError("--samples and --inputs must be at least 1")
     from bicycle.evaluate import run_eval
-    _run(run_eval, checkpoint, data, n_inputs, samples, seed, json_path, device, click.echo)
+    _run(run_eval, checkpoint, data, n_inputs, samples, seed, json_path, device, click.echo,
+         lpips_weights=lpips_weights, inception_weights=inception_weights)
 
 
 @main.command()

@@ -12,6 +12,7 @@ from bicycle.data.base import oracle_of
 from bicycle.errors import DataError
 from bicycle.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, z_sensitivity
 from bicycle.models import Nets
+from bicycle.perceptual import FID_VERSION, LPIPS_VERSION, consecutive_pair_lpips, fid
 from bicycle.plugins import get_plugins
 from bicycle.sample import encoded_outputs, random_outputs
 from bicycle.train.build import build_dataset
@@ -33,8 +34,16 @@ def _outputs(nets: Nets, a: torch.Tensor, b: torch.Tensor, z: torch.Tensor, devi
     return torch.cat(outs), (torch.cat(encs) if encs else None)
 
 
-def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: int, device) -> dict:
-    """Measures over the first ``n_inputs`` pairs of ``dataset`` with ``n_samples`` random z ([nz]) each."""
+LPIPS_NOTE = "diversity_lpips: not computed; give --lpips-weights PATH (AlexNet + LPIPS lin layers, safetensors)"
+FID_NOTE = "fid: not computed; give --inception-weights PATH (pytorch-fid Inception-v3, safetensors)"
+
+
+def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: int, device,
+             lpips: Callable | None = None, fid_net: Callable | None = None,
+             weight_tags: dict[str, str] | None = None) -> dict:
+    """Measures over the first ``n_inputs`` pairs of ``dataset`` with ``n_samples`` random z ([nz]) each.
+    ``lpips`` (x, y -> [N]) adds ``diversity_lpips``; ``fid_net`` (images -> [N, D]) adds ``fid``;
+    each is None (with a line in ``notes``) when not given."""
     m = min(n_inputs, len(dataset))
     a, b = dataset.get_batch(list(range(m)))
     z = torch.randn(m, n_samples, nz, generator=torch.Generator().manual_seed(seed))
@@ -46,6 +55,23 @@ def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: 
         "z_sensitivity": z_sensitivity(outs) if (m > 1 and n_samples > 1) else None,
         "encoded_recon_l1": float((enc - b).abs().mean()) if enc is not None else None,
     }
+    notes: list[str] = []
+    if lpips is None:
+        result["diversity_lpips"] = None
+        notes.append(LPIPS_NOTE)
+    elif n_samples < 2:
+        result["diversity_lpips"] = None
+        notes.append("diversity_lpips: not computed; needs --samples of at least 2")
+    else:
+        result["diversity_lpips"] = float(consecutive_pair_lpips(lpips, outs, device).mean())
+    if fid_net is None:
+        result["fid"] = None
+        notes.append(FID_NOTE)
+    elif m < 2:
+        result["fid"] = None
+        notes.append("fid: not computed; needs --inputs of at least 2")
+    else:
+        result["fid"] = fid(fid_net, outs.reshape(m * n_samples, *outs.shape[2:]), b, device)
     oracle = oracle_of(dataset)
     if oracle is not None:
         flat_a = a.unsqueeze(1).expand(m, n_samples, *a.shape[1:]).reshape(m * n_samples, *a.shape[1:])
@@ -63,14 +89,30 @@ def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: 
     result["protocol"] = {"version": PROTOCOL_VERSION, "inputs": m, "samples": n_samples, "seed": seed,
                           "pairing": "consecutive pairs of each input's samples (N-1 per input)",
                           "z": "N(0, I), drawn on the CPU from torch.Generator(seed)",
-                          "inputs_taken": f"the first {m} pairs of the evaluation split"}
+                          "inputs_taken": f"the first {m} pairs of the evaluation split",
+                          "lpips": LPIPS_VERSION if result["diversity_lpips"] is not None else None,
+                          "fid": FID_VERSION if result["fid"] is not None else None}
+    for key, tag in (weight_tags or {}).items():
+        result["protocol"][f"{key}_weights"] = tag
+    result["notes"] = notes
     return result
 
 
 def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, seed: int, json_path: Path | None,
-             device: str, echo: Callable[[str], None] = print) -> dict:
+             device: str, echo: Callable[[str], None] = print, lpips_weights: str | Path | None = None,
+             inception_weights: str | Path | None = None) -> dict:
+    from bicycle.perceptual import file_tag, load_inception, load_lpips
     from bicycle.sampling import load_model
+    lpips = load_lpips(lpips_weights) if lpips_weights is not None else None  # weight errors before the model
+    fid_net = load_inception(inception_weights) if inception_weights is not None else None
+    tags = {}
+    if lpips is not None:
+        tags["lpips"] = file_tag(lpips_weights)
+    if fid_net is not None:
+        tags["fid"] = file_tag(inception_weights)
     ckpt, nets, dev = load_model(checkpoint, device)
+    lpips = lpips.to(dev) if lpips is not None else None
+    fid_net = fid_net.to(dev) if fid_net is not None else None
     cfg = ckpt.config
     if data is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data=data))
@@ -79,11 +121,14 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
         ds = build_dataset(cfg, registry, "val")
     except DataError:
         ds = build_dataset(cfg, registry, "train")
-    result = evaluate(nets, ds, cfg.net.nz, n_inputs, n_samples, seed, dev)
+    result = evaluate(nets, ds, cfg.net.nz, n_inputs, n_samples, seed, dev, lpips=lpips, fid_net=fid_net,
+                      weight_tags=tags)
     result.update(checkpoint=str(ckpt.path), step=ckpt.step, model=cfg.train.model, data=cfg.data.data)
     for key, value in result.items():
-        if key != "protocol":
+        if key not in ("protocol", "notes"):
             echo(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    for note in result["notes"]:
+        echo(f"note: {note}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n")
