@@ -116,7 +116,7 @@ def test_kit_catches_a_dataset_with_a_wrong_range_and_a_lying_oracle_flag(bicycl
             a, b = super().__getitem__(index)
             return a * 2, b
 
-    spec = DatasetSpec("loud", lambda req: Loud(req.image_size, req.split, req.seed, 4, length=8), has_oracle=False)
+    spec = DatasetSpec("loud", lambda req: Loud(req.image_size, req.split, req.seed, 6, length=8), has_oracle=False)
     failed = {r.check: r.detail for r in check_dataset(spec).failures}
     assert "outside [-1, 1]" in failed["pairs_dtype_and_range"]
     assert "has_oracle=False but the dataset provides" in failed["oracle"]
