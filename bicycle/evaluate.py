@@ -9,13 +9,12 @@ from pathlib import Path
 import torch
 
 from bicycle.data.base import oracle_of
-from bicycle.errors import DataError
 from bicycle.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, z_sensitivity
 from bicycle.models import Nets
 from bicycle.perceptual import FID_VERSION, LPIPS_VERSION, consecutive_pair_lpips, fid
 from bicycle.plugins import get_plugins
 from bicycle.sample import encoded_outputs, random_outputs
-from bicycle.train.build import build_dataset
+from bicycle.train.build import build_eval_dataset
 
 BATCH = 64
 
@@ -117,10 +116,7 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     if data is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data=data))
     registry = get_plugins().registry
-    try:
-        ds = build_dataset(cfg, registry, "val")
-    except DataError:
-        ds = build_dataset(cfg, registry, "train")
+    ds = build_eval_dataset(cfg, registry)
     result = evaluate(nets, ds, cfg.net.nz, n_inputs, n_samples, seed, dev, lpips=lpips, fid_net=fid_net,
                       weight_tags=tags)
     result.update(checkpoint=str(ckpt.path), step=ckpt.step, model=cfg.train.model, data=cfg.data.data)

@@ -12,7 +12,7 @@ from bicycle.errors import DataError
 from bicycle.models import Nets
 from bicycle.plugins import get_plugins
 from bicycle.sample import distinct_valid_modes, sample_grid, save_image
-from bicycle.train.build import build_dataset, build_networks, pick_device
+from bicycle.train.build import build_eval_dataset, build_networks, pick_device
 
 
 def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[io.Checkpoint, Nets, torch.device]:
@@ -43,10 +43,7 @@ def run_sample(checkpoint: str, input_path: Path | None, data: str | None, sampl
         import dataclasses
         dcfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data=data))
         registry = get_plugins().registry
-        try:
-            ds = build_dataset(dcfg, registry, "val")
-        except DataError:
-            ds = build_dataset(dcfg, registry, "train")
+        ds = build_eval_dataset(dcfg, registry)
         if (ds.a_channels, ds.b_channels) != (cfg.net.in_channels, cfg.net.out_channels):
             raise DataError(f"dataset {data!r} has {ds.a_channels}->{ds.b_channels} channels; "
                             f"the model expects {cfg.net.in_channels}->{cfg.net.out_channels}")

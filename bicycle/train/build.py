@@ -8,7 +8,7 @@ import torch
 
 from bicycle.config import RunConfig, validate
 from bicycle.data.base import DatasetRequest
-from bicycle.errors import ConfigError
+from bicycle.errors import ConfigError, DataError
 from bicycle.models import MODELS, Nets
 from bicycle.nn.discriminator import MultiScaleDiscriminator
 from bicycle.nn.encoder import ENCODERS
@@ -43,6 +43,14 @@ def dataset_spec(cfg: RunConfig, registry: Registry) -> DatasetSpec:
 
 def build_dataset(cfg: RunConfig, registry: Registry, split: str):
     return dataset_spec(cfg, registry).build(dataset_request(cfg, split))
+
+
+def build_eval_dataset(cfg: RunConfig, registry: Registry):
+    """The val split, or the train split for datasets without one (e.g. a folder of images only)."""
+    try:
+        return build_dataset(cfg, registry, "val")
+    except DataError:
+        return build_dataset(cfg, registry, "train")
 
 
 def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -> RunConfig:
