@@ -1,33 +1,34 @@
 """The paper's ablation on the built-in dataset: pix2pix+noise, cAE-GAN, cVAE-GAN, cLR-GAN and
 BicycleGAN trained with the demo preset and the same budget, several seeds, evaluated with
-`bicycle eval`'s measures. Writes JSON, a Markdown table and a picture.
+`bicycle eval`'s measures; plus the demo's own target over its seeds (the demo preset *is* the
+bicycle model). Writes JSON, a Markdown table and a picture.
 
-    python benchmarks/ablation.py --out benchmarks/results/ablation [--seeds 0 1] [--steps N]
+    python benchmarks/ablation.py --out benchmarks/results/ablation [--seeds 0 1] [--demo-seeds 0 1 2] [--jobs 2]
+
+Each (model, seed) run is its own process (``--jobs`` at a time, the machine's cores shared among
+them) and leaves ``runs/<model>-s<seed>/record.json``; a record already there is reused unless
+``--fresh``, so an interrupted benchmark continues where it stopped.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
-from bicycle.config import PRESETS, replace
-from bicycle.evaluate import evaluate
-from bicycle.plugins import get_plugins
-from bicycle.sample import grid_image, random_outputs
-from bicycle.sampling import load_model
-from bicycle.train.build import build_dataset
-from bicycle.train.loop import train
-
 MODELS = ["pix2pix", "cae-gan", "cvae-gan", "clr-gan", "bicycle"]
 MEASURES = ["valid_rate", "modes_per_input", "modes_fraction_of_ideal", "mode_jsd", "encoded_mode_rate",
             "diversity_pixel_l1", "encoded_recon_l1", "z_sensitivity"]
+# Issue 5's targets on the built-in dataset (M = 100, N = 20).
+DEMO_MODES_FRACTION, DEMO_VALID, PIX2PIX_MODES_FRACTION = 0.5, 0.7, 0.25
 
 
 def _commit() -> str | None:
@@ -37,40 +38,97 @@ def _commit() -> str | None:
         return None
 
 
-def run(out: Path, seeds: list[int], steps: int | None, inputs: int, samples: int) -> dict:
+def run_one(run_dir: Path, model: str, seed: int, steps: int | None, inputs: int, samples: int) -> dict:
+    """Train one model with the demo preset, evaluate it, write record.json and picture.png in run_dir."""
+    from bicycle.config import PRESETS, replace
+    from bicycle.evaluate import evaluate
+    from bicycle.plugins import get_plugins
+    from bicycle.sample import grid_image, random_outputs
+    from bicycle.sampling import load_model
+    from bicycle.train.build import build_dataset
+    from bicycle.train.loop import train
+
+    over: dict = {"train.model": model, "train.seed": seed}
+    if steps:
+        over["train.steps"] = steps
+    cfg = replace(PRESETS["demo"], over)
+    t0 = time.perf_counter()
+    result = train(cfg, run_dir, echo=lambda m: None)
+    seconds = time.perf_counter() - t0
+    ckpt, nets, dev = load_model(run_dir, "cpu")
+    val = build_dataset(ckpt.config, get_plugins().registry, "val")
+    measures = evaluate(nets, val, ckpt.config.net.nz, inputs, samples, 0, dev)
+    rec = {"model": model, "seed": seed, "steps": result.step, "train_seconds": round(seconds, 1),
+           "threads": torch.get_num_threads(), "commit": _commit(),
+           "ignoring_z_warning": result.summary.get("ignoring_z_warning"), **{k: measures.get(k) for k in MEASURES}}
+    a, _ = val.get_batch(list(range(4)))
+    z = torch.randn(4, 8, ckpt.config.net.nz, generator=torch.Generator().manual_seed(1))
+    outs = random_outputs(nets.G, a, z)
+    grid_image([[a[i], *outs[i]] for i in range(4)]).save(run_dir / "picture.png")
+    (run_dir / "record.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return rec
+
+
+def _schedule(out: Path, jobs: list[tuple[str, int]], args: argparse.Namespace) -> None:
+    """Runs the missing (model, seed) jobs as subprocesses, ``args.jobs`` at a time."""
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    pending = [(m, s) for m, s in jobs if args.fresh or not (out / "runs" / f"{m}-s{s}" / "record.json").exists()]
+    running: list[tuple[subprocess.Popen, str]] = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            model, seed = pending.pop(0)
+            cmd = [sys.executable, __file__, "--one", model, str(seed), "--out", str(out), "--threads", str(threads),
+                   "--inputs", str(args.inputs), "--samples", str(args.samples)]
+            if args.steps:
+                cmd += ["--steps", str(args.steps)]
+            print(f"start {model} seed {seed} ({threads} thread(s))", flush=True)
+            running.append((subprocess.Popen(cmd), f"{model} seed {seed}"))
+        time.sleep(2)
+        for proc, name in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, name))
+                if proc.returncode != 0:
+                    for other, _ in running:
+                        other.terminate()
+                    raise SystemExit(f"ablation: {name} failed with exit code {proc.returncode}")
+                print(f"done  {name}", flush=True)
+
+
+def run(out: Path, args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    records = []
-    pictures = []
-    for model in MODELS:
-        for seed in seeds:
-            over = {"train.model": model, "train.seed": seed}
-            if steps:
-                over["train.steps"] = steps
-            cfg = replace(PRESETS["demo"], over)
-            run_dir = out / "runs" / f"{model}-s{seed}"
-            t0 = time.perf_counter()
-            result = train(cfg, run_dir, echo=lambda m: None)
-            seconds = time.perf_counter() - t0
-            ckpt, nets, dev = load_model(run_dir, "cpu")
-            val = build_dataset(ckpt.config, get_plugins().registry, "val")
-            measures = evaluate(nets, val, ckpt.config.net.nz, inputs, samples, 0, dev)
-            rec = {"model": model, "seed": seed, "steps": result.step, "train_seconds": round(seconds, 1),
-                   "ignoring_z_warning": result.summary.get("ignoring_z_warning"), **{k: measures.get(k) for k in MEASURES}}
-            records.append(rec)
-            print(json.dumps(rec), flush=True)
-            if seed == seeds[0]:
-                a, _ = val.get_batch(list(range(4)))
-                z = torch.randn(4, 8, ckpt.config.net.nz, generator=torch.Generator().manual_seed(1))
-                outs = random_outputs(nets.G, a, z)
-                pictures.append((model, grid_image([[a[i], *outs[i]] for i in range(4)])))
-    table = summarise(records)
-    meta = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
-            "torch": torch.__version__, "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
-            "budget": f"demo preset, {records[0]['steps']} steps each", "eval": {"inputs": inputs, "samples": samples}}
-    (out / "ablation.json").write_text(json.dumps({"meta": meta, "runs": records, "summary": table}, indent=2) + "\n")
-    (out / "ablation.md").write_text(markdown(table, meta))
-    picture(pictures).save(out / "ablation.png")
+    jobs = [(m, s) for m in MODELS for s in args.seeds]
+    jobs += [("bicycle", s) for s in args.demo_seeds if s not in args.seeds]
+    _schedule(out, jobs, args)
+    records = [json.loads((out / "runs" / f"{m}-s{s}" / "record.json").read_text()) for m, s in jobs]
+    ablation = [r for r in records if r["seed"] in args.seeds]
+    table = summarise(ablation)
+    targets = check_targets(records, args.demo_seeds, args.seeds)
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+            "torch": torch.__version__, "commits": sorted({str(r.get("commit")) for r in records}),
+            "date": time.strftime("%Y-%m-%d"), "jobs": args.jobs,
+            "threads_per_run": sorted({r.get("threads") for r in records}),
+            "budget": f"demo preset, {records[0]['steps']} steps each", "eval": {"inputs": args.inputs, "samples": args.samples}}
+    (out / "ablation.json").write_text(json.dumps({"meta": meta, "targets": targets, "runs": records, "summary": table},
+                                                  indent=2) + "\n")
+    (out / "ablation.md").write_text(markdown(table, meta, targets))
+    blocks = [(m, Image.open(out / "runs" / f"{m}-s{args.seeds[0]}" / "picture.png")) for m in MODELS]
+    picture(blocks).save(out / "ablation.png")
+    print(markdown(table, meta, targets))
     return table
+
+
+def check_targets(records: list[dict], demo_seeds: list[int], seeds: list[int]) -> dict:
+    demo = [r for r in records if r["model"] == "bicycle" and r["seed"] in demo_seeds]
+    p2p = [r for r in records if r["model"] == "pix2pix" and r["seed"] in seeds]
+    modes = statistics.median(r["modes_fraction_of_ideal"] for r in demo)
+    valid = statistics.median(r["valid_rate"] for r in demo)
+    p2p_worst = max(r["modes_fraction_of_ideal"] for r in p2p)
+    return {"demo_seeds": demo_seeds,
+            "demo_median_modes_fraction_of_ideal": {"value": modes, "target": f">= {DEMO_MODES_FRACTION}",
+                                                     "met": modes >= DEMO_MODES_FRACTION},
+            "demo_median_valid_rate": {"value": valid, "target": f">= {DEMO_VALID}", "met": valid >= DEMO_VALID},
+            "pix2pix_max_modes_fraction_of_ideal": {"value": p2p_worst, "target": f"<= {PIX2PIX_MODES_FRACTION}",
+                                                    "met": p2p_worst <= PIX2PIX_MODES_FRACTION}}
 
 
 def summarise(records: list[dict]) -> dict:
@@ -86,10 +144,11 @@ def summarise(records: list[dict]) -> dict:
     return table
 
 
-def markdown(table: dict, meta: dict) -> str:
+def markdown(table: dict, meta: dict, targets: dict) -> str:
     cols = ["valid_rate", "modes_per_input", "mode_jsd", "encoded_mode_rate", "diversity_pixel_l1", "z_sensitivity"]
-    lines = [f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, commit {meta['commit']}; "
-             f"{meta['budget']}; eval M={meta['eval']['inputs']}, N={meta['eval']['samples']}. mean [min, max] over seeds.",
+    lines = [f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, commit(s) {', '.join(meta['commits'])}; "
+             f"{meta['budget']}, {meta['jobs']} run(s) at a time, {meta['threads_per_run']} thread(s) each; "
+             f"eval M={meta['eval']['inputs']}, N={meta['eval']['samples']}. mean [min, max] over seeds.",
              "", "| model | " + " | ".join(cols) + " | 'ignoring z' warning |", "|---" * (len(cols) + 2) + "|"]
     for model, row in table.items():
         cells = []
@@ -97,6 +156,10 @@ def markdown(table: dict, meta: dict) -> str:
             v = row.get(c)
             cells.append("n/a" if v is None else f"{v['mean']:.3f} [{v['min']:.3f}, {v['max']:.3f}]")
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {row['warning_fired']} |")
+    lines += ["", f"Targets (demo = bicycle over seeds {targets['demo_seeds']}):", ""]
+    for key, t in targets.items():
+        if key != "demo_seeds":
+            lines.append(f"- {key}: {t['value']:.3f} (target {t['target']}): {'met' if t['met'] else 'NOT met'}")
     return "\n".join(lines) + "\n"
 
 
@@ -115,15 +178,27 @@ def picture(blocks: list[tuple[str, Image.Image]]) -> Image.Image:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every model")
+    p.add_argument("--demo-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the demo (bicycle) target")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time; the cores are shared among them")
     p.add_argument("--steps", type=int, default=None, help="default: the demo preset's")
     p.add_argument("--inputs", type=int, default=100)
     p.add_argument("--samples", type=int, default=20)
+    p.add_argument("--fresh", action="store_true", help="rerun every run, even one with a record")
+    p.add_argument("--one", nargs=2, metavar=("MODEL", "SEED"), help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    torch.set_num_threads(2)
-    run(args.out, args.seeds, args.steps, args.inputs, args.samples)
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
+    if args.one:
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        model, seed = args.one[0], int(args.one[1])
+        print(json.dumps(run_one(args.out / "runs" / f"{model}-s{seed}", model, seed, args.steps, args.inputs,
+                                 args.samples)), flush=True)
+        return
+    run(args.out, args)
 
 
 if __name__ == "__main__":

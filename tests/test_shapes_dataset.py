@@ -19,11 +19,29 @@ def test_real_pairs_are_valid_and_in_their_true_mode(ds):
     assert ds.mode_of(a, b).tolist() == [ds.true_mode(i) for i in range(48)]
 
 
-def test_modes_are_equally_likely_and_independent_of_a():
+def test_modes_follow_the_stated_distribution_independently_of_a():
     ds = ShapesDataset(32, "train", modes=8)
-    counts = torch.bincount(torch.tensor([ds.true_mode(i) for i in range(4000)]), minlength=8).float()
-    assert counts.min() > 400 and counts.max() < 600  # ~500 each
-    assert ds.num_modes == 8 and torch.allclose(ds.mode_probabilities(torch.zeros(2, 1, 32, 32)), torch.full((2, 8), 1 / 8))
+    modes = torch.tensor([ds.true_mode(i) for i in range(4000)])
+    counts = torch.bincount(modes, minlength=8).float()
+    assert 1100 < counts[0] < 1300 and counts[1:].min() > 320 and counts[1:].max() < 480  # 1200, then ~400 each
+    kinds = [ds.params(i)["kind"] for i in range(4000)]
+    for kind in ("ellipse", "rectangle", "triangle"):  # the colour does not depend on A
+        share = float((modes[[k == kind for k in kinds]] == 0).float().mean())
+        assert 0.25 < share < 0.35
+    probs = ds.mode_probabilities(torch.zeros(2, 1, 32, 32))
+    assert probs.shape == (2, 8) and torch.allclose(probs.sum(1), torch.ones(2))
+    assert torch.allclose(probs[0], torch.tensor([0.3] + [0.1] * 7))
+
+
+@pytest.mark.parametrize("k", [6, 7, 8])
+def test_the_l1_optimal_output_is_the_common_colour(k):
+    """What makes a z-ignoring model collapse: the per-channel median of p(B | A) is one valid mode."""
+    ds = ShapesDataset(32, modes=k)
+    p = ds.mode_probabilities(torch.zeros(1, 1, 32, 32))[0]
+    colours = ds.palette  # [K, 3]
+    for c in range(3):
+        below = float(p[colours[:, c] < 0].sum())
+        assert (below > 0.5) == bool(colours[0, c] < 0) and abs(below - 0.5) > 0.02
 
 
 def _recolour(ds, a, b, modes):

@@ -65,7 +65,8 @@ class PairedDataset(Protocol):
 class Oracle(Protocol):
     """An exact judge of outputs, for datasets whose B has known discrete modes given A.
 
-    ``num_modes``: K, the number of equally likely modes of B for every A.
+    ``num_modes``: K, the number of modes of B for an A (their probabilities: ``mode_probabilities``, if
+    the dataset defines it; else they are taken as equally likely).
     ``mode_of(A, B)``: A [N, Ca, H, W], B [N, Cb, H, W] -> int64 [N], the mode B is closest to.
     ``is_valid(A, B)``: -> bool [N], whether B is a plausible output for A (right structure, one mode).
     """

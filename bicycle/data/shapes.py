@@ -1,10 +1,13 @@
-"""``shapes``: a procedural dataset with K equally likely modes of B per A and an exact oracle.
+"""``shapes``: a procedural dataset with K modes of B per A, one of them common, and an exact oracle.
 
 A (1 channel): the silhouette of one random convex shape (ellipse, rectangle or triangle; random
 position, size and rotation), +1 on -1. B (3 channels): the same shape filled with one of K palette
-colours on a grey (0) background. The colour is drawn uniformly and independently of A, so every A
-has K equally likely outputs. Everything is a function of (seed, split, index) and renders at any
-size: no files, no network.
+colours on a grey (0) background. The colour is drawn independently of A: the first palette colour
+(near black) with probability ``COMMON_P`` = 0.3, each of the other K - 1 with an equal share of the
+rest (0.1 each for K = 8), as in real data where one colour is the most common but far from the only
+one. The per-channel median of that distribution is the common colour, so the L1-optimal
+deterministic output is one valid mode: a model that ignores z can be realistic, but not diverse.
+Everything is a function of (seed, split, index) and renders at any size: no files, no network.
 
 Oracle (the dataset's spec, used by ``bicycle eval``):
 - the shape's region is A > 0; a band of about one pixel (per 64 px) on both sides of its boundary
@@ -33,6 +36,7 @@ LEVEL = 0.9
 TOLERANCE = 0.45
 MIN_FRACTION = 0.85
 MIN_MODES, MAX_MODES = 6, 8
+COMMON_P = 0.3
 # Cube corners (any two differ by 1.8 in at least one channel).
 _CORNERS = [(-1, -1, -1), (1, 1, 1), (1, -1, -1), (-1, 1, 1), (-1, 1, -1), (1, -1, 1), (-1, -1, 1), (1, 1, -1)]
 PALETTE = torch.tensor(_CORNERS, dtype=torch.float32) * LEVEL
@@ -40,6 +44,13 @@ BACKGROUND = 0.0
 SPLIT_IDS = {"train": 0, "val": 1}
 DEFAULT_LENGTHS = {"train": 20_000, "val": 500}
 KINDS = ("ellipse", "rectangle", "triangle")
+
+
+def mode_distribution(modes: int) -> np.ndarray:
+    """p(mode) [K], the same for every A: COMMON_P for mode 0, the rest shared equally."""
+    p = np.full(modes, (1.0 - COMMON_P) / (modes - 1))
+    p[0] = COMMON_P
+    return p
 
 
 def _erode(mask: Tensor, r: int) -> Tensor:
@@ -73,6 +84,7 @@ class ShapesDataset:
         self.num_modes = modes
         self.length = length if length is not None else DEFAULT_LENGTHS[split]
         self.palette = PALETTE[:modes]
+        self._p = mode_distribution(modes)
 
     @classmethod
     def from_request(cls, request: DatasetRequest) -> ShapesDataset:
@@ -100,7 +112,7 @@ class ShapesDataset:
             reach = rx
         slack = max(0.0, 0.46 - reach)
         cx, cy = 0.5 + rng.uniform(-slack, slack, size=2)
-        mode = int(rng.integers(self.num_modes))
+        mode = int(rng.choice(self.num_modes, p=self._p))
         return {"kind": kind, "cx": float(cx), "cy": float(cy), "rx": float(rx), "ry": float(ry), "angle": angle, "mode": mode}
 
     def true_mode(self, index: int) -> int:
@@ -177,8 +189,8 @@ class ShapesDataset:
         return valid
 
     def mode_probabilities(self, a: Tensor) -> Tensor:
-        """A [N, 1, H, W] -> float [N, K]: the true p(mode | A), uniform for this dataset."""
-        return torch.full((a.shape[0], self.num_modes), 1.0 / self.num_modes)
+        """A [N, 1, H, W] -> float [N, K]: the true p(mode | A), the same for every A here."""
+        return torch.from_numpy(self._p).float().expand(a.shape[0], -1).clone()
 
 
 __all__ = ["ShapesDataset", "PALETTE"]
