@@ -6,7 +6,7 @@ bicycle model). Writes JSON, a Markdown table and a picture.
     python benchmarks/ablation.py --out benchmarks/results/ablation [--seeds 0 1] [--demo-seeds 0 1 2] [--jobs 2]
 
 Each (model, seed) run is its own process (``--jobs`` at a time, the machine's cores shared among
-them) and leaves ``runs/<model>-s<seed>/record.json``; a record already there is reused unless
+them) and leaves ``runs/<model>-s<seed>/record.json`` (and its output in ``train.log``); a record already there is reused unless
 ``--fresh``, so an interrupted benchmark continues where it stopped.
 """
 from __future__ import annotations
@@ -81,8 +81,11 @@ def _schedule(out: Path, jobs: list[tuple[str, int]], args: argparse.Namespace) 
                    "--inputs", str(args.inputs), "--samples", str(args.samples)]
             if args.steps:
                 cmd += ["--steps", str(args.steps)]
-            print(f"start {model} seed {seed} ({threads} thread(s))", flush=True)
-            running.append((subprocess.Popen(cmd), f"{model} seed {seed}"))
+            run_dir = out / "runs" / f"{model}-s{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            print(f"start {model} seed {seed} ({threads} thread(s)), log: {run_dir / 'train.log'}", flush=True)
+            with open(run_dir / "train.log", "w") as log:  # the child keeps its own copy of the handle
+                running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), f"{model} seed {seed}"))
         time.sleep(2)
         for proc, name in list(running):
             if proc.poll() is not None:
@@ -90,7 +93,8 @@ def _schedule(out: Path, jobs: list[tuple[str, int]], args: argparse.Namespace) 
                 if proc.returncode != 0:
                     for other, _ in running:
                         other.terminate()
-                    raise SystemExit(f"ablation: {name} failed with exit code {proc.returncode}")
+                    raise SystemExit(f"ablation: {name} failed with exit code {proc.returncode}; "
+                                     f"see its train.log under {out / 'runs'}")
                 print(f"done  {name}", flush=True)
 
 
