@@ -231,7 +231,7 @@ def final_report(cfg: RunConfig, nets, val, sample_dir: Path, device: torch.devi
     image, outs = sample_grid(nets, a.to(device), b.to(device), z.to(device))
     path = sample_dir / "final.png"
     image.save(path)
-    echo(f"samples: {path} (rows: input, ground truth, encoded, {FINAL_SAMPLES} random z)")
+    echo(f"samples: {path} (a row per input: the input, ground truth, encoded, {FINAL_SAMPLES} random z)")
     oracle = oracle_of(val)
     if oracle is None:
         return {"final_grid": str(path)}
