@@ -38,6 +38,10 @@ def _commit() -> str | None:
         return None
 
 
+def run_dir_of(out: Path, model: str, seed: int) -> Path:
+    return out / "runs" / f"{model}-s{seed}"
+
+
 def run_one(run_dir: Path, model: str, seed: int, steps: int | None, inputs: int, samples: int) -> dict:
     """Train one model with the demo preset, evaluate it, write record.json and picture.png in run_dir."""
     from bicycle.config import PRESETS, replace
@@ -72,7 +76,7 @@ def run_one(run_dir: Path, model: str, seed: int, steps: int | None, inputs: int
 def _schedule(out: Path, jobs: list[tuple[str, int]], args: argparse.Namespace) -> None:
     """Runs the missing (model, seed) jobs as subprocesses, ``args.jobs`` at a time."""
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    pending = [(m, s) for m, s in jobs if args.fresh or not (out / "runs" / f"{m}-s{s}" / "record.json").exists()]
+    pending = [(m, s) for m, s in jobs if args.fresh or not (run_dir_of(out, m, s) / "record.json").exists()]
     running: list[tuple[subprocess.Popen, str]] = []
     while pending or running:
         while pending and len(running) < args.jobs:
@@ -81,7 +85,7 @@ def _schedule(out: Path, jobs: list[tuple[str, int]], args: argparse.Namespace) 
                    "--inputs", str(args.inputs), "--samples", str(args.samples)]
             if args.steps:
                 cmd += ["--steps", str(args.steps)]
-            run_dir = out / "runs" / f"{model}-s{seed}"
+            run_dir = run_dir_of(out, model, seed)
             run_dir.mkdir(parents=True, exist_ok=True)
             print(f"start {model} seed {seed} ({threads} thread(s)), log: {run_dir / 'train.log'}", flush=True)
             with open(run_dir / "train.log", "w") as log:  # the child keeps its own copy of the handle
@@ -103,7 +107,7 @@ def run(out: Path, args: argparse.Namespace) -> dict:
     jobs = [(m, s) for m in MODELS for s in args.seeds]
     jobs += [("bicycle", s) for s in args.demo_seeds if s not in args.seeds]
     _schedule(out, jobs, args)
-    records = [json.loads((out / "runs" / f"{m}-s{s}" / "record.json").read_text()) for m, s in jobs]
+    records = [json.loads((run_dir_of(out, m, s) / "record.json").read_text()) for m, s in jobs]
     ablation = [r for r in records if r["seed"] in args.seeds]
     table = summarise(ablation)
     targets = check_targets(records, args.demo_seeds, args.seeds)
@@ -115,7 +119,7 @@ def run(out: Path, args: argparse.Namespace) -> dict:
     (out / "ablation.json").write_text(json.dumps({"meta": meta, "targets": targets, "runs": records, "summary": table},
                                                   indent=2) + "\n")
     (out / "ablation.md").write_text(markdown(table, meta, targets))
-    blocks = [(m, Image.open(out / "runs" / f"{m}-s{args.seeds[0]}" / "picture.png")) for m in MODELS]
+    blocks = [(m, Image.open(run_dir_of(out, m, args.seeds[0]) / "picture.png")) for m in MODELS]
     picture(blocks).save(out / "ablation.png")
     print(markdown(table, meta, targets))
     return table
@@ -199,7 +203,7 @@ def main() -> None:
     if args.one:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
         model, seed = args.one[0], int(args.one[1])
-        print(json.dumps(run_one(args.out / "runs" / f"{model}-s{seed}", model, seed, args.steps, args.inputs,
+        print(json.dumps(run_one(run_dir_of(args.out, model, seed), model, seed, args.steps, args.inputs,
                                  args.samples)), flush=True)
         return
     run(args.out, args)
