@@ -55,7 +55,7 @@ def step_config(device: str, batch_size: int, quick: bool):
 
 def _build(cfg, device: str, capturable: bool):
     from bicycle.plugins import get_plugins
-    from bicycle.train.build import build_networks, resolve
+    from bicycle.train.build import base_lrs, build_networks, resolve
 
     reg = get_plugins().registry
     cfg = resolve(cfg, reg)
@@ -64,7 +64,8 @@ def _build(cfg, device: str, capturable: bool):
     for _, m in nets.items():
         m.to(device).train()
     o = cfg.optim
-    opts = {name: torch.optim.Adam(m.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), capturable=capturable)
+    lrs = base_lrs(cfg, [name for name, _ in nets.items()])
+    opts = {name: torch.optim.Adam(m.parameters(), lr=lrs[name], betas=(o.beta1, o.beta2), capturable=capturable)
             for name, m in nets.items()}
     return cfg, nets, opts
 
@@ -193,6 +194,7 @@ def _device_name(device: str) -> str:
 def _measure(mode: str, cfg, device: str, precision: str, warmup: int, iters: int, profile_iters: int) -> dict:
     """Build ``mode`` from scratch, warm it up, time ``iters`` iterations (data included), profile a few."""
     from bicycle.models import MODELS, Objective
+    from bicycle.train.build import base_lrs
     from bicycle.train.graph import GraphedStep, prepare_networks
     from bicycle.train.step import TrainState
 
@@ -216,7 +218,7 @@ def _measure(mode: str, cfg, device: str, precision: str, warmup: int, iters: in
     else:
         prepare_networks(nets, precision)
         state = TrainState(nets, opts, MODELS["bicycle"], Objective(cfg.loss, cfg.net.gan_mode, "auto"))
-        base = {k: cfg.optim.lr for k in opts}
+        base = base_lrs(cfg, opts)
         g = GraphedStep(state, (n, 3, s, s), (n, 3, s, s), cfg.net.nz, device, base, precision=precision,
                         capture=graphs)
         g.set_lr_factor(1.0)

@@ -38,7 +38,7 @@ _TRAIN_KEYS = {
     "steps": "train.steps", "seed": "train.seed", "device": "train.device", "impl": "train.impl",
     "norm": "net.norm", "upsample": "net.upsample", "ngf": "net.ngf", "nef": "net.nef", "ndf": "net.ndf",
     "dropout": "net.dropout", "gan_mode": "net.gan_mode", "direction": "data.direction",
-    "load_size": "data.load_size", "flip": "data.flip", "lr": "optim.lr", "lambda_l1": "loss.l1",
+    "load_size": "data.load_size", "flip": "data.flip", "lr": "optim.lr", "lr_d": "optim.lr_d", "lambda_l1": "loss.l1",
     "lambda_kl": "loss.kl", "lambda_z": "loss.z", "log_every": "train.log_every",
     "sample_every": "train.sample_every", "checkpoint_every": "train.checkpoint_every",
     "cuda_graphs": "train.cuda_graphs", "precision": "train.precision", "compile": "train.compile",
@@ -74,6 +74,7 @@ _TRAIN_KEYS = {
 @click.option("--load-size", type=int, help="resize to this before random crops (folders)")
 @click.option("--flip/--no-flip", default=None, help="random horizontal flips (folders)")
 @click.option("--lr", type=float)
+@click.option("--lr-d", type=float, help="learning rate of D and D2 (default: --lr)")
 @click.option("--lambda-l1", type=float)
 @click.option("--lambda-kl", type=float)
 @click.option("--lambda-z", type=float)

@@ -59,9 +59,11 @@ class LossWeights:
 @dataclass(frozen=True)
 class OptimConfig:
     """Adam for each of G, E, D, D2; constant LR, then linear decay to 0 from ``decay_start`` (a
-    fraction of the steps) to the end."""
+    fraction of the steps) to the end. ``lr_d``: the discriminators' LR (None: ``lr``, as the paper;
+    a larger one is the two time-scale update rule of Heusel et al., 2017)."""
 
     lr: float = 2e-4
+    lr_d: float | None = None
     beta1: float = 0.5
     beta2: float = 0.999
     decay_start: float = 0.5
@@ -221,4 +223,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"optim.decay_start must be within [0, 1], got {o.decay_start}")
     if o.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {o.lr}")
+    if o.lr_d is not None and o.lr_d <= 0:
+        raise ConfigError(f"optim.lr_d must be positive, got {o.lr_d}")
     return cfg

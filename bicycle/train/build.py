@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 
 import torch
 
@@ -83,14 +84,24 @@ def build_networks(cfg: RunConfig, registry: Registry) -> Nets:
     return Nets(G=G, D=D, E=E, D2=D2)
 
 
+DISCRIMINATORS = frozenset({"D", "D2"})
+
+
+def base_lrs(cfg: RunConfig, names: Iterable[str]) -> dict[str, float]:
+    """The LR of each named network before the schedule: ``optim.lr_d`` for D and D2 when set, else ``optim.lr``."""
+    o = cfg.optim
+    return {n: o.lr_d if (n in DISCRIMINATORS and o.lr_d is not None) else o.lr for n in names}
+
+
 def build_optimizers(cfg: RunConfig, nets: Nets) -> dict[str, torch.optim.Adam]:
     """Adam per network, on the networks' device; capturable on CUDA (the step count stays on the
     device, so the update needs no host read and can be captured in a CUDA graph)."""
     o = cfg.optim
+    lrs = base_lrs(cfg, [name for name, _ in nets.items()])
     out = {}
     for name, m in nets.items():
         cuda = next(m.parameters()).is_cuda
-        out[name] = torch.optim.Adam(m.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), capturable=cuda)
+        out[name] = torch.optim.Adam(m.parameters(), lr=lrs[name], betas=(o.beta1, o.beta2), capturable=cuda)
     return out
 
 

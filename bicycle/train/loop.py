@@ -18,7 +18,7 @@ from bicycle.io import atomic_write_bytes, load_checkpoint, load_networks, load_
 from bicycle.models import MODELS, Objective, draw_noise
 from bicycle.plugins import Plugins, get_plugins
 from bicycle.sample import distinct_valid_modes, sample_grid
-from bicycle.train.build import build_dataset, build_networks, build_optimizers, lr_factor, pick_device, resolve
+from bicycle.train.build import base_lrs as network_lrs, build_dataset, build_networks, build_optimizers, lr_factor, pick_device, resolve
 from bicycle.train.data import BatchStream
 from bicycle.train.graph import GraphedStep, autocast, host_lrs, prepare_networks, use_cuda_graphs
 from bicycle.train.progress import Progress, fmt_duration
@@ -164,7 +164,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     progress = Progress(total, start)
     plugins.notify("bicycle_train_start", config=cfg, run_dir=run_dir, start_step=start)
     step, interrupted, eta_shown = start, False, False
-    base_lrs = {k: cfg.optim.lr for k in optimizers}
+    base_lrs = network_lrs(cfg, optimizers)
     graphed = None
     if graphs_note:
         echo(graphs_note)
