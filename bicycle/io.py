@@ -159,12 +159,19 @@ def load_networks(ckpt: Checkpoint, nets: Nets) -> None:
         module.load_state_dict({k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)})
 
 
+# Adam options that choose an implementation for the device at hand (a checkpoint written on a CPU
+# resumes with the CUDA choices on a GPU, and the other way round).
+EXECUTION_KEYS = ("capturable", "fused", "foreach", "differentiable")
+
+
 def load_optimizers(ckpt: Checkpoint, optimizers: dict[str, torch.optim.Optimizer]) -> None:
     for name, opt in optimizers.items():
         key = f"opt.{name}.param_groups"
         if key not in ckpt.metadata:
             raise CheckpointError(f"checkpoint {ckpt.path} has no optimizer state for {name}: it cannot resume training")
         groups = json.loads(ckpt.metadata[key])
+        for saved, current in zip(groups, opt.param_groups):  # how to run here, not training state
+            saved.update({k: current[k] for k in EXECUTION_KEYS if k in current})
         prefix = f"opt.{name}."
         state: dict[int, dict[str, Tensor]] = {}
         for k, v in ckpt.tensors.items():

@@ -41,3 +41,21 @@ def test_the_schedule_scales_both_lrs(tmp_path):
 def test_lr_d_must_be_positive(value):
     with pytest.raises(ConfigError, match="optim.lr_d must be positive"):
         validate(replace(PRESETS["demo"], {"optim.lr_d": value}))
+
+
+def test_resume_keeps_this_devices_adam_implementation(tmp_path):
+    """A checkpoint stores the optimizer's groups; the implementation flags must follow the device
+    that resumes it (capturable on CUDA, fused on a CPU), not the one that wrote it."""
+    cfg = tiny_config(**{"train.steps": 1, "train.checkpoint_every": 1})
+    train(cfg, tmp_path / "run", echo=lambda _m: None)
+    ckpt = io.load_checkpoint(tmp_path / "run")
+    groups = json.loads(ckpt.metadata["opt.G.param_groups"])
+    assert groups[0]["fused"] is True and not groups[0]["capturable"]
+    for g in groups:  # as if it had been written by a CUDA run
+        g.update(fused=None, capturable=True)
+    ckpt.metadata["opt.G.param_groups"] = json.dumps(groups)
+    resolved = resolve(ckpt.config, get_plugins().registry)
+    opts = build_optimizers(resolved, build_networks(resolved, get_plugins().registry))
+    io.load_optimizers(ckpt, opts)
+    assert opts["G"].param_groups[0]["fused"] is True and not opts["G"].param_groups[0]["capturable"]
+    assert opts["G"].state  # the moments were loaded
