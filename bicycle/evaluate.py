@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from bicycle.data.base import oracle_of
-from bicycle.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, z_sensitivity
+from bicycle.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, prior_coverage, z_sensitivity
 from bicycle.models import Nets
 from bicycle.perceptual import FID_VERSION, LPIPS_VERSION, consecutive_pair_lpips, fid
 from bicycle.plugins import get_plugins
@@ -17,6 +17,7 @@ from bicycle.sample import encoded_outputs, random_outputs
 from bicycle.train.build import build_eval_dataset
 
 BATCH = 64
+COVERED = 0.5  # prior_coverage at or above which a random z counts as covered
 
 
 @torch.no_grad()
@@ -31,6 +32,15 @@ def _outputs(nets: Nets, a: torch.Tensor, b: torch.Tensor, z: torch.Tensor, devi
         if enc is not None:
             encs.append(enc.cpu())
     return torch.cat(outs), (torch.cat(encs) if encs else None)
+
+
+@torch.no_grad()
+def _posteriors(nets: Nets, b: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """E's (mu, logvar) [M, nz] for the ground truths, on the CPU; None without an encoder."""
+    if nets.E is None:
+        return None
+    parts = [nets.E(b[i:i + BATCH].to(device)) for i in range(0, b.shape[0], BATCH)]
+    return torch.cat([mu for mu, _ in parts]).cpu(), torch.cat([lv for _, lv in parts]).cpu()
 
 
 LPIPS_NOTE = "diversity_lpips: not computed; give --lpips-weights PATH (AlexNet + LPIPS lin layers, safetensors)"
@@ -54,6 +64,9 @@ def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: 
         "z_sensitivity": z_sensitivity(outs) if (m > 1 and n_samples > 1) else None,
         "encoded_recon_l1": float((enc - b).abs().mean()) if enc is not None else None,
     }
+    posteriors = _posteriors(nets, b, device)
+    coverage = prior_coverage(*posteriors, z.reshape(m * n_samples, nz)).view(m, n_samples) if posteriors else None
+    result["prior_coverage"] = float(coverage.mean()) if coverage is not None else None
     notes: list[str] = []
     if lpips is None:
         result["diversity_lpips"] = None
@@ -85,6 +98,7 @@ def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: 
             result["encoded_mode_rate"] = float(ok.double().mean())
         else:
             result["encoded_mode_rate"] = None
+        result.update(_valid_by_coverage(valid, coverage))
     result["protocol"] = {"version": PROTOCOL_VERSION, "inputs": m, "samples": n_samples, "seed": seed,
                           "pairing": "consecutive pairs of each input's samples (N-1 per input)",
                           "z": "N(0, I), drawn on the CPU from torch.Generator(seed)",
@@ -95,6 +109,17 @@ def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: 
         result["protocol"][f"{key}_weights"] = tag
     result["notes"] = notes
     return result
+
+
+def _valid_by_coverage(valid: torch.Tensor, coverage: torch.Tensor | None) -> dict[str, float | None]:
+    """valid, coverage: [M, N]. valid_rate where the prior is covered (coverage >= 0.5) and where not."""
+    out: dict[str, float | None] = {"valid_rate_covered": None, "valid_rate_uncovered": None}
+    if coverage is None:
+        return out
+    covered = coverage >= COVERED
+    for key, sel in (("valid_rate_covered", covered), ("valid_rate_uncovered", ~covered)):
+        out[key] = float(valid[sel].double().mean()) if bool(sel.any()) else None
+    return out
 
 
 def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, seed: int, json_path: Path | None,

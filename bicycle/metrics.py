@@ -64,3 +64,20 @@ def mode_statistics(valid: Tensor, modes: Tensor, probs: Tensor) -> dict[str, fl
         "modes_fraction_of_ideal": float(distinct.mean() / ideal.mean()),
         "mode_jsd": jsd_base2(hist, true) if hist.sum() > 0 else 1.0,
     }
+
+
+def prior_coverage(mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
+    """min(1, q(z) / p(z)) at each z: how well the encoder's aggregate posterior q covers the prior there.
+
+    mu, logvar: [M, nz], the posteriors of M ground truths; q = mean_i N(mu_i, diag(exp(logvar_i)));
+    p = N(0, I); z: [K, nz], drawn from p. Returns [K] in [0, 1]. Its mean is a Monte-Carlo estimate of
+    the overlap 1 - TV(p, q) (integral of min(p, q)), with q known only through M encodings (so it reads
+    low where M is small next to the number of modes). Random z where it is near 0 are codes that G met in
+    training only through the z -> B -> z cycle, never as an encoded ground truth.
+    """
+    mu, logvar, z = mu.double(), logvar.double(), z.double()
+    diff = z[:, None, :] - mu[None]  # [K, M, nz]
+    log_comp = -0.5 * (diff.square() / logvar.exp()[None] + logvar[None]).sum(-1)  # log N(z; mu_i, var_i) + nz/2 log 2pi
+    log_q = torch.logsumexp(log_comp, dim=1) - math.log(mu.shape[0])
+    log_p = -0.5 * z.square().sum(-1)  # the same nz/2 log 2pi left out of both
+    return (log_q - log_p).clamp(max=0.0).exp().float()

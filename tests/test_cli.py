@@ -138,6 +138,9 @@ def test_eval_writes_every_measure_and_its_protocol(run_dir, tmp_path):
         assert key in data and data[key] is not None, key
     assert data["protocol"]["inputs"] == 3 and data["protocol"]["samples"] == 4
     assert 0 <= data["valid_rate"] <= 1 and 0 <= data["mode_jsd"] <= 1
+    assert 0 <= data["prior_coverage"] <= 1
+    rates = [data["valid_rate_covered"], data["valid_rate_uncovered"]]
+    assert any(r is not None for r in rates) and all(r is None or 0 <= r <= 1 for r in rates)
 
 
 def test_the_same_command_on_a_pix2pix_folder_of_ones_own_images(tmp_path):

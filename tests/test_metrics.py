@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from bicycle.metrics import consecutive_pair_l1, ideal_distinct_modes, jsd_base2, mode_statistics, z_sensitivity
+from bicycle.metrics import (consecutive_pair_l1, ideal_distinct_modes, jsd_base2, mode_statistics, prior_coverage,
+                             z_sensitivity)
 
 
 def test_ideal_distinct_modes_matches_the_closed_form():
@@ -34,3 +35,30 @@ def test_pair_l1_and_z_sensitivity():
     varied = torch.arange(5.0).view(1, 5, 1, 1, 1).expand(3, 5, 1, 2, 2) + torch.arange(3.0).view(3, 1, 1, 1, 1)
     assert torch.allclose(consecutive_pair_l1(varied), torch.ones(3))
     assert math.isclose(z_sensitivity(varied), 1.0)
+
+
+def test_prior_coverage_is_one_for_the_prior_and_zero_for_far_tiny_clusters():
+    z = torch.randn(2000, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(prior_coverage(torch.zeros(1, 8), torch.zeros(1, 8), z), torch.ones(2000))
+    far = prior_coverage(torch.full((4, 8), 5.0), torch.full((4, 8), -4.0), z)
+    assert float(far.max()) < 1e-6
+
+
+def test_prior_coverage_estimates_the_overlap_of_two_gaussians():
+    """p = N(0, 1), q = N(0, 0.5^2): the densities cross at x^2 = 2 ln 2 / 3, so the overlap is
+    P(|N(0,1)| < x) + P(|N(0,1)| > 2x)."""
+    x = math.sqrt(2 * math.log(2) / 3)
+    phi = lambda t: 0.5 * (1 + math.erf(t / math.sqrt(2)))  # noqa: E731
+    expected = (2 * phi(x) - 1) + 2 * (1 - phi(2 * x))
+    z = torch.randn(200_000, 1, generator=torch.Generator().manual_seed(1))
+    got = float(prior_coverage(torch.zeros(1, 1), torch.full((1, 1), math.log(0.25)), z).mean())
+    assert abs(got - expected) < 0.005, (got, expected)
+
+
+def test_prior_coverage_of_a_mixture_is_the_mean_of_its_components():
+    """Two components, each covering one half-line's worth of the prior, cover more than either alone."""
+    z = torch.randn(50_000, 1, generator=torch.Generator().manual_seed(2))
+    mu, lv = torch.tensor([[-0.8], [0.8]]), torch.full((2, 1), math.log(0.36))
+    both = float(prior_coverage(mu, lv, z).mean())
+    one = float(prior_coverage(mu[:1], lv[:1], z).mean())
+    assert 0.8 < both <= 1.0 and one < 0.6
