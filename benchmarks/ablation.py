@@ -26,7 +26,8 @@ from PIL import Image, ImageDraw
 
 MODELS = ["pix2pix", "cae-gan", "cvae-gan", "clr-gan", "bicycle"]
 MEASURES = ["valid_rate", "modes_per_input", "modes_fraction_of_ideal", "mode_jsd", "encoded_mode_rate",
-            "diversity_pixel_l1", "encoded_recon_l1", "z_sensitivity"]
+            "prior_coverage", "valid_rate_covered", "valid_rate_uncovered", "diversity_pixel_l1", "encoded_recon_l1",
+            "z_sensitivity"]
 # Issue 5's targets on the built-in dataset (M = 100, N = 20).
 DEMO_MODES_FRACTION, DEMO_VALID, PIX2PIX_MODES_FRACTION = 0.5, 0.7, 0.25
 
@@ -145,7 +146,7 @@ def summarise(records: list[dict]) -> dict:
         rows = [r for r in records if r["model"] == model]
         table[model] = {}
         for m in MEASURES + ["train_seconds"]:
-            vals = [r[m] for r in rows if r[m] is not None]
+            vals = [r[m] for r in rows if r.get(m) is not None]
             if vals:
                 table[model][m] = {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
         table[model]["warning_fired"] = [r["ignoring_z_warning"] for r in rows]
@@ -153,7 +154,8 @@ def summarise(records: list[dict]) -> dict:
 
 
 def markdown(table: dict, meta: dict, targets: dict) -> str:
-    cols = ["valid_rate", "modes_per_input", "mode_jsd", "encoded_mode_rate", "diversity_pixel_l1", "z_sensitivity"]
+    cols = ["valid_rate", "modes_per_input", "mode_jsd", "encoded_mode_rate", "prior_coverage", "diversity_pixel_l1",
+            "z_sensitivity"]
     lines = [f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, commit(s) {', '.join(meta['commits'])}; "
              f"{meta['budget']}, {meta['jobs']} run(s) at a time, {meta['threads_per_run']} thread(s) each; "
              f"eval M={meta['eval']['inputs']}, N={meta['eval']['samples']}. mean [min, max] over seeds.",
