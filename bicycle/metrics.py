@@ -76,8 +76,12 @@ def prior_coverage(mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
     training only through the z -> B -> z cycle, never as an encoded ground truth.
     """
     mu, logvar, z = mu.double(), logvar.double(), z.double()
-    diff = z[:, None, :] - mu[None]  # [K, M, nz]
-    log_comp = -0.5 * (diff.square() / logvar.exp()[None] + logvar[None]).sum(-1)  # log N(z; mu_i, var_i) + nz/2 log 2pi
-    log_q = torch.logsumexp(log_comp, dim=1) - math.log(mu.shape[0])
-    log_p = -0.5 * z.square().sum(-1)  # the same nz/2 log 2pi left out of both
-    return (log_q - log_p).clamp(max=0.0).exp().float()
+    out = []
+    rows = max(1, 2**22 // max(1, mu.numel()))  # z per chunk: the [rows, M, nz] difference stays near 32 MB
+    for zc in z.split(rows):
+        diff = zc[:, None, :] - mu[None]  # [rows, M, nz]
+        log_comp = -0.5 * (diff.square() / logvar.exp()[None] + logvar[None]).sum(-1)  # log N(z; mu_i, var_i) + nz/2 log 2pi
+        log_q = torch.logsumexp(log_comp, dim=1) - math.log(mu.shape[0])
+        log_p = -0.5 * zc.square().sum(-1)  # the same nz/2 log 2pi left out of both
+        out.append((log_q - log_p).clamp(max=0.0).exp().float())
+    return torch.cat(out)

@@ -62,3 +62,12 @@ def test_prior_coverage_of_a_mixture_is_the_mean_of_its_components():
     both = float(prior_coverage(mu, lv, z).mean())
     one = float(prior_coverage(mu[:1], lv[:1], z).mean())
     assert 0.8 < both <= 1.0 and one < 0.6
+
+
+def test_prior_coverage_is_the_same_in_chunks():
+    """Many encodings: the z are processed in chunks, with the same result as all at once."""
+    g = torch.Generator().manual_seed(3)
+    mu, lv = torch.randn(3000, 8, generator=g), torch.randn(3000, 8, generator=g) * 0.3 - 1
+    z = torch.randn(400, 8, generator=g)
+    whole = torch.cat([prior_coverage(mu, lv, z[i:i + 1]) for i in range(0, 400, 1)])
+    torch.testing.assert_close(prior_coverage(mu, lv, z), whole)
