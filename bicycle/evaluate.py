@@ -10,7 +10,7 @@ import torch
 
 from bicycle.data.base import oracle_of
 from bicycle.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, prior_coverage, z_sensitivity
-from bicycle.models import Nets
+from bicycle.models import MODELS, Nets
 from bicycle.perceptual import FID_VERSION, LPIPS_VERSION, consecutive_pair_lpips, fid
 from bicycle.plugins import get_plugins
 from bicycle.sample import encoded_outputs, random_outputs
@@ -49,10 +49,11 @@ FID_NOTE = "fid: not computed; give --inception-weights PATH (pytorch-fid Incept
 
 def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: int, device,
              lpips: Callable | None = None, fid_net: Callable | None = None,
-             weight_tags: dict[str, str] | None = None) -> dict:
+             weight_tags: dict[str, str] | None = None, variational: bool = True) -> dict:
     """Measures over the first ``n_inputs`` pairs of ``dataset`` with ``n_samples`` random z ([nz]) each.
     ``lpips`` (x, y -> [N]) adds ``diversity_lpips``; ``fid_net`` (images -> [N, D]) adds ``fid``;
-    each is None (with a line in ``notes``) when not given."""
+    each is None (with a line in ``notes``) when not given. ``variational``: the model trains E as a
+    posterior (see ``ModelSpec``); otherwise E's variance is untrained and ``prior_coverage`` is None."""
     m = min(n_inputs, len(dataset))
     a, b = dataset.get_batch(list(range(m)))
     z = torch.randn(m, n_samples, nz, generator=torch.Generator().manual_seed(seed))
@@ -64,7 +65,7 @@ def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: 
         "z_sensitivity": z_sensitivity(outs) if (m > 1 and n_samples > 1) else None,
         "encoded_recon_l1": float((enc - b).abs().mean()) if enc is not None else None,
     }
-    posteriors = _posteriors(nets, b, device)
+    posteriors = _posteriors(nets, b, device) if variational else None
     coverage = prior_coverage(*posteriors, z.reshape(m * n_samples, nz)).view(m, n_samples) if posteriors else None
     result["prior_coverage"] = float(coverage.mean()) if coverage is not None else None
     notes: list[str] = []
@@ -143,7 +144,7 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     registry = get_plugins().registry
     ds = build_eval_dataset(cfg, registry)
     result = evaluate(nets, ds, cfg.net.nz, n_inputs, n_samples, seed, dev, lpips=lpips, fid_net=fid_net,
-                      weight_tags=tags)
+                      weight_tags=tags, variational=MODELS[cfg.train.model].variational)
     result.update(checkpoint=str(ckpt.path), step=ckpt.step, model=cfg.train.model, data=cfg.data.data)
     for key, value in result.items():
         if key not in ("protocol", "notes"):

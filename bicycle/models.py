@@ -81,7 +81,8 @@ NoiseShapes = Callable[[int], dict[str, int]]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model: its networks, its noise (name -> rows, each row [nz]) and its G/E objective."""
+    """A model: its networks, its noise (name -> rows, each row [nz]) and its G/E objective.
+    ``variational``: E is trained as a posterior (KL to the prior), so its variance means something."""
 
     name: str
     uses_encoder: bool
@@ -89,6 +90,7 @@ class ModelSpec:
     noise_rows: NoiseShapes
     objective: Callable[[Nets, Tensor, Tensor, dict[str, Tensor], Objective], GEResult]
     summary: str
+    variational: bool = False
 
 
 def draw_noise(model: ModelSpec, batch_size: int, nz: int, device: torch.device | str,
@@ -158,13 +160,13 @@ def _clr(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], o: Objectiv
 
 MODELS: dict[str, ModelSpec] = {
     "bicycle": ModelSpec("bicycle", True, ("D", "D2"), lambda n: {"eps": n // 2, "z": n // 2}, _bicycle,
-                         "BicycleGAN: cVAE-GAN (B->z->B) + cLR-GAN (z->B->z), two discriminators"),
+                         "BicycleGAN: cVAE-GAN (B->z->B) + cLR-GAN (z->B->z), two discriminators", variational=True),
     "pix2pix": ModelSpec("pix2pix", False, ("D",), lambda n: {"z": n}, _pix2pix,
                          "pix2pix + noise: G(A, z) with GAN + L1; no encoder"),
     "cae-gan": ModelSpec("cae-gan", True, ("D",), lambda n: {}, _cae,
                          "conditional autoencoder GAN: z = mu(E(B)), GAN + L1, no KL"),
     "cvae-gan": ModelSpec("cvae-gan", True, ("D",), lambda n: {"eps": n}, _cvae,
-                          "conditional VAE-GAN: the B->z->B cycle alone (GAN + L1 + KL)"),
+                          "conditional VAE-GAN: the B->z->B cycle alone (GAN + L1 + KL)", variational=True),
     "clr-gan": ModelSpec("clr-gan", True, ("D",), lambda n: {"z": n}, _clr,
                          "conditional latent regressor GAN: the z->B->z cycle alone (GAN + latent L1)"),
 }

@@ -143,6 +143,21 @@ def test_eval_writes_every_measure_and_its_protocol(run_dir, tmp_path):
     assert any(r is not None for r in rates) and all(r is None or 0 <= r <= 1 for r in rates)
 
 
+def test_prior_coverage_only_for_models_that_train_a_posterior(run_dir):
+    from bicycle.evaluate import evaluate
+    from bicycle.models import MODELS
+    from bicycle.plugins import get_plugins
+    from bicycle.sampling import load_model
+    from bicycle.train.build import build_eval_dataset
+
+    assert sorted(k for k, m in MODELS.items() if m.variational) == ["bicycle", "cvae-gan"]  # KL-trained encoders
+    ckpt, nets, dev = load_model(run_dir[0], "cpu")
+    ds = build_eval_dataset(ckpt.config, get_plugins().registry)
+    result = evaluate(nets, ds, ckpt.config.net.nz, 2, 3, 0, dev, variational=False)  # as for cae-gan / clr-gan
+    assert result["prior_coverage"] is None and result["valid_rate_covered"] is None
+    assert result["valid_rate"] is not None
+
+
 def test_the_same_command_on_a_pix2pix_folder_of_ones_own_images(tmp_path):
     from data_helpers import make_aligned_dataset
 
