@@ -106,12 +106,20 @@ def _schedule(out: Path, jobs: list[tuple[str, int]], args: argparse.Namespace) 
                 print(f"done  {name}", flush=True)
 
 
+def _defined(record: dict) -> dict:
+    """The coverage measures are undefined where E's variance is untrained (cae-gan, clr-gan): None there,
+    also in records written before ``evaluate`` knew."""
+    if not SPECS[record["model"]].variational:
+        record.update({k: None for k in COVERAGE_MEASURES})
+    return record
+
+
 def run(out: Path, args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(m, s) for m in MODELS for s in args.seeds]
     jobs += [("bicycle", s) for s in args.demo_seeds if s not in args.seeds]
     _schedule(out, jobs, args)
-    records = [json.loads((run_dir_of(out, m, s) / "record.json").read_text()) for m, s in jobs]
+    records = [_defined(json.loads((run_dir_of(out, m, s) / "record.json").read_text())) for m, s in jobs]
     ablation = [r for r in records if r["seed"] in args.seeds]
     table = summarise(ablation)
     targets = check_targets(records, args.demo_seeds, args.seeds)
@@ -149,8 +157,6 @@ def summarise(records: list[dict]) -> dict:
         rows = [r for r in records if r["model"] == model]
         table[model] = {}
         for m in MEASURES + ["train_seconds"]:
-            if m in COVERAGE_MEASURES and not SPECS[model].variational:
-                continue  # E's variance is untrained there (records written before evaluate knew)
             vals = [r[m] for r in rows if r.get(m) is not None]
             if vals:
                 table[model][m] = {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
