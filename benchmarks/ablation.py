@@ -24,22 +24,16 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from bicycle.bench import git_commit
 from bicycle.models import MODELS as SPECS
 
 MODELS = ["pix2pix", "cae-gan", "cvae-gan", "clr-gan", "bicycle"]
 MEASURES = ["valid_rate", "modes_per_input", "modes_fraction_of_ideal", "mode_jsd", "encoded_mode_rate",
             "prior_coverage", "valid_rate_covered", "valid_rate_uncovered", "diversity_pixel_l1", "encoded_recon_l1",
             "z_sensitivity"]
-COVERAGE_MEASURES = ("prior_coverage", "valid_rate_covered", "valid_rate_uncovered")
 # Issue 5's targets on the built-in dataset (M = 100, N = 20).
 DEMO_MODES_FRACTION, DEMO_VALID, PIX2PIX_MODES_FRACTION = 0.5, 0.7, 0.25
 
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def run_dir_of(out: Path, model: str, seed: int) -> Path:
@@ -67,7 +61,7 @@ def run_one(run_dir: Path, model: str, seed: int, steps: int | None, inputs: int
     val = build_dataset(ckpt.config, get_plugins().registry, "val")
     measures = evaluate(nets, val, ckpt.config.net.nz, inputs, samples, 0, dev, variational=SPECS[model].variational)
     rec = {"model": model, "seed": seed, "steps": result.step, "train_seconds": round(seconds, 1),
-           "threads": torch.get_num_threads(), "commit": _commit(),
+           "threads": torch.get_num_threads(), "commit": git_commit(),
            "ignoring_z_warning": result.summary.get("ignoring_z_warning"), **{k: measures.get(k) for k in MEASURES}}
     a, _ = val.get_batch(list(range(4)))
     z = torch.randn(4, 8, ckpt.config.net.nz, generator=torch.Generator().manual_seed(1))
@@ -106,20 +100,12 @@ def _schedule(out: Path, jobs: list[tuple[str, int]], args: argparse.Namespace) 
                 print(f"done  {name}", flush=True)
 
 
-def _defined(record: dict) -> dict:
-    """The coverage measures are undefined where E's variance is untrained (cae-gan, clr-gan): None there,
-    also in records written before ``evaluate`` knew."""
-    if not SPECS[record["model"]].variational:
-        record.update({k: None for k in COVERAGE_MEASURES})
-    return record
-
-
 def run(out: Path, args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(m, s) for m in MODELS for s in args.seeds]
     jobs += [("bicycle", s) for s in args.demo_seeds if s not in args.seeds]
     _schedule(out, jobs, args)
-    records = [_defined(json.loads((run_dir_of(out, m, s) / "record.json").read_text())) for m, s in jobs]
+    records = [json.loads((run_dir_of(out, m, s) / "record.json").read_text()) for m, s in jobs]
     ablation = [r for r in records if r["seed"] in args.seeds]
     table = summarise(ablation)
     targets = check_targets(records, args.demo_seeds, args.seeds)

@@ -15,13 +15,13 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import torch
 
+from bicycle.bench import git_commit
 from bicycle.config import PRESETS, replace, validate
 from bicycle.evaluate import evaluate
 from bicycle.plugins import get_plugins
@@ -31,12 +31,6 @@ from bicycle.train.loop import train
 
 VALID_TARGET, MODES_TARGET = 0.9, 0.75
 
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main() -> None:
@@ -70,7 +64,7 @@ def main() -> None:
     reached = result.step >= args.steps
     record = {
         "device": torch.cuda.get_device_name() if str(dev).startswith("cuda") else platform.processor() or "cpu",
-        "torch": torch.__version__, "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__, "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
         "config": ckpt.config.flat(), "steps_reached": result.step, "train_wall_seconds": round(seconds, 1),
         "measures": {k: v for k, v in measures.items() if k != "notes"},
         "targets": {"valid_rate": {"target": f">= {VALID_TARGET}", "met": reached and measures["valid_rate"] >= VALID_TARGET},

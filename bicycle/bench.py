@@ -149,13 +149,17 @@ def _cpu_name() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores"
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def git_commit() -> str | None:
+    """HEAD of the checkout this package runs from (an editable install), else of the working directory
+    (a benchmark script run from the repository against an installed copy); None outside git."""
+    for where in (Path(__file__).resolve().parent, Path.cwd()):
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return None
 
 
 def run_kernel_bench(device: str = "cpu", sizes: list[int] | None = None, json_path: str | None = None,
@@ -177,7 +181,7 @@ def run_kernel_bench(device: str = "cpu", sizes: list[int] | None = None, json_p
         "device_name": torch.cuda.get_device_name() if device == "cuda" else _cpu_name(),
         "torch": torch.__version__, "triton": _triton_version(), "threads": torch.get_num_threads(),
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "commit": _git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     records: list[dict] = []
 

@@ -266,7 +266,7 @@ def _measure(mode: str, cfg, device: str, precision: str, warmup: int, iters: in
         kernels, kernel_ms = _profile_kernels(run_iter, profile_iters)
     med = wall_ms
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    from bicycle.bench import _git_commit, _triton_version
+    from bicycle.bench import git_commit, _triton_version
     rec = {
         "mode": mode, "graphs": graphs, "batch_size": n, "precision": precision,
         "bf16": precision == "bf16", "channels_last": precision == "bf16",
@@ -280,7 +280,7 @@ def _measure(mode: str, cfg, device: str, precision: str, warmup: int, iters: in
         "iters": iters, "image_size": s, "backbone": cfg.net.backbone, "ngf": cfg.net.ngf,
         "device": device, "device_name": _device_name(device), "torch": torch.__version__,
         "triton": _triton_version(), "threads": torch.get_num_threads(),
-        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "commit": _git_commit(),
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if device == "cuda":
@@ -489,7 +489,7 @@ def run_prep_bench(image_size: int = 64, batch_size: int = 4, steps: int = 8, lo
                 t2 = time.perf_counter()
                 times[impl]["prep"].append((t1 - t0) * 1e3)
                 times[impl]["step"].append((t2 - t1) * 1e3)
-    from bicycle.bench import _cpu_name, _git_commit
+    from bicycle.bench import _cpu_name, git_commit
     records = []
     ref_sps = None
     for impl in impls:
@@ -501,7 +501,7 @@ def run_prep_bench(image_size: int = 64, batch_size: int = 4, steps: int = 8, lo
                         "steps_per_s": sps, "prep_fraction": prep / (prep + step), "steps_per_s_vs_ref": sps / ref_sps,
                         "steps": steps, "device": "cpu", "device_name": _cpu_name(), "threads": torch.get_num_threads(),
                         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                        "torch": torch.__version__, "commit": _git_commit()})
+                        "torch": torch.__version__, "commit": git_commit()})
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps({"records": records}, indent=1) + "\n")
