@@ -47,13 +47,15 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """lambda_* of the paper."""
+    """lambda_* of the paper. ``kl_warmup``: lambda_KL ramps linearly from kl/W to kl over the first
+    W = ``kl_warmup * train.steps`` steps (KL annealing, Bowman et al., 2016); 0 keeps it constant, as the paper."""
 
     l1: float = 10.0
     kl: float = 0.01
     z: float = 0.5
     gan: float = 1.0
     gan2: float = 1.0
+    kl_warmup: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,8 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"train.batch_size must be even, got {t.batch_size}")
     if d.load_size is not None and d.load_size < n.image_size:
         raise ConfigError(f"data.load_size ({d.load_size}) must be at least the image size ({n.image_size})")
+    if not 0.0 <= cfg.loss.kl_warmup <= 1.0:
+        raise ConfigError(f"loss.kl_warmup must be within [0, 1] (a fraction of the steps), got {cfg.loss.kl_warmup}")
     if not 0.0 <= o.decay_start <= 1.0:
         raise ConfigError(f"optim.decay_start must be within [0, 1], got {o.decay_start}")
     if o.lr <= 0:

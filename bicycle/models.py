@@ -56,11 +56,19 @@ class GEResult:
 
 @dataclass(frozen=True)
 class Objective:
-    """What a model's objective needs besides the networks and the batch."""
+    """What a model's objective needs besides the networks and the batch. ``kl_scale``: None, or a
+    0-dim device tensor multiplying lambda_KL (the warm-up), refilled in place between steps so that a
+    captured graph reads the current value."""
 
     weights: LossWeights
     gan_mode: str = "lsgan"
     impl: str = "auto"
+    kl_scale: Tensor | None = None
+
+    def encode(self, mu: Tensor, logvar: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """(z [n, nz], lambda_KL * KL) with the reparameterisation of :func:`bicycle.objective.encode`."""
+        z, kl = encode(mu, logvar, eps, self.weights.kl, self.impl)
+        return z, kl if self.kl_scale is None else kl * self.kl_scale
 
 
 @contextmanager
@@ -103,7 +111,7 @@ def _bicycle(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], o: Obje
     w, half = o.weights, a.shape[0] // 2
     a1, b1, b2 = a[:half], b[:half], b[half:]
     mu, logvar = nets.E(b1)
-    z_enc, kl = encode(mu, logvar, noise["eps"], w.kl, o.impl)
+    z_enc, kl = o.encode(mu, logvar, noise["eps"])
     fake_enc = nets.G(a1, z_enc)
     fake_rand = nets.G(a1, noise["z"])  # conditioned on A1, as in the paper's code
     with frozen(nets.D, nets.D2):
@@ -140,7 +148,7 @@ def _cae(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], o: Objectiv
 def _cvae(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], o: Objective) -> GEResult:
     w = o.weights
     mu, logvar = nets.E(b)
-    z, kl = encode(mu, logvar, noise["eps"], w.kl, o.impl)
+    z, kl = o.encode(mu, logvar, noise["eps"])
     fake = nets.G(a, z)
     with frozen(nets.D):
         g_gan = w.gan * gan_loss(nets.D(fake), True, o.gan_mode, o.impl)

@@ -408,3 +408,18 @@ def test_gpu_v_latent_loss_sends_no_gradient_to_e(strict_fp32):
         torch.testing.assert_close(got, want if want is not None else torch.zeros_like(got), rtol=1e-4, atol=1e-7)
     assert any((gg - w).abs().max() > 1e-6 for gg, w in zip(g_graph, grads[len(e_params):]) if w is not None), \
         "the latent loss must still reach G"
+
+
+@pytest.mark.gpu
+def test_gpu_vi_replay_reads_the_refilled_kl_scale(strict_fp32):
+    """The lambda_KL warm-up tensor is read inside the graph: refilling it between replays (same state, same
+    static noise) scales the replayed KL term exactly."""
+    state, a, b, cfg, _ = _gpu_state()
+    scale = torch.ones((), device="cuda")
+    state.objective = Objective(cfg.loss, cfg.net.gan_mode, "auto", scale)
+    g = _captured(state, a, b, cfg)
+    snap = _snapshot(state)
+    full = g.replay()["kl"].clone()
+    _restore(state, snap)
+    scale.fill_(0.25)
+    torch.testing.assert_close(g.replay()["kl"], 0.25 * full, rtol=1e-5, atol=0)

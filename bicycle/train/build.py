@@ -115,6 +115,12 @@ def lr_factor(step: int, total: int, decay_start: float) -> float:
     return max(0.0, 1.0 - (step - start) / max(1, total - start))
 
 
+def kl_factor(step: int, total: int, warmup: float) -> float:
+    """lambda_KL's multiplier at ``step`` (from 0): (step + 1) / W over the first W = warmup * total steps, then 1."""
+    ramp = warmup * total
+    return 1.0 if ramp <= 1 else min(1.0, (step + 1) / ramp)
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

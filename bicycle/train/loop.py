@@ -18,7 +18,7 @@ from bicycle.io import atomic_write_bytes, load_checkpoint, load_networks, load_
 from bicycle.models import MODELS, Objective, draw_noise
 from bicycle.plugins import Plugins, get_plugins
 from bicycle.sample import distinct_valid_modes, sample_grid
-from bicycle.train.build import base_lrs as network_lrs, build_dataset, build_networks, build_optimizers, lr_factor, pick_device, resolve
+from bicycle.train.build import base_lrs as network_lrs, build_dataset, build_networks, build_optimizers, kl_factor, lr_factor, pick_device, resolve
 from bicycle.train.data import BatchStream
 from bicycle.train.graph import GraphedStep, autocast, host_lrs, prepare_networks, use_cuda_graphs
 from bicycle.train.progress import Progress, fmt_duration
@@ -113,7 +113,9 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
         load_optimizers(ckpt, optimizers)
         start = ckpt.step
     model = MODELS[cfg.train.model]
-    state = TrainState(nets, optimizers, model, Objective(cfg.loss, cfg.net.gan_mode, cfg.train.impl))
+    # lambda_KL's warm-up multiplier: a device tensor refilled before each step (None: constant, as the paper)
+    kl_scale = torch.ones((), device=device) if cfg.loss.kl_warmup > 0 else None
+    state = TrainState(nets, optimizers, model, Objective(cfg.loss, cfg.net.gan_mode, cfg.train.impl, kl_scale))
 
     ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
                 interrupted = True
                 break
             factor = lr_factor(step, total, cfg.optim.decay_start)
+            if kl_scale is not None:  # outside any graph: fill_ with a host scalar
+                kl_scale.fill_(kl_factor(step, total, cfg.loss.kl_warmup))
             a, b = stream.next()
             if graphed is not None:  # lr tensors refilled outside the graph, batch into static buffers
                 graphed.set_lr_factor(factor)
