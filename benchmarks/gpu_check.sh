@@ -49,7 +49,7 @@ else
 fi
 export BICYCLE_REQUIRE_TRITON=1
 
-# 2) GPU tests: ops (correctness, capture) + the graphed training step (i)-(v)
+# 2) GPU tests: ops (correctness, capture) + the graphed training step (i)-(v) and the KL warm-up tensor (vi)
 timeout "$(tlimit 110 170)" $PY -m pytest -q -p no:cacheprovider tests/test_triton_ops.py tests/test_ops_dispatch.py \
   tests/test_graph.py --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.txt" 2>&1 || status=1
 log "tests: $(tail -n 1 "$OUT/gpu_tests.txt")"
