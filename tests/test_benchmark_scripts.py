@@ -29,6 +29,8 @@ def test_ablation_runs_every_model_and_reuses_records(tmp_path):
     t = result["targets"]
     demo = [r["valid_rate"] for r in result["runs"] if r["model"] == "bicycle"]
     assert t["demo_median_valid_rate"]["value"] == sum(demo) / 2 and t["demo_median_valid_rate"]["met"] == (sum(demo) / 2 >= 0.7)
+    slowest = max(r["train_seconds"] for r in result["runs"])
+    assert t["max_train_seconds"] == {"value": slowest, "target": "<= 480", "met": slowest <= 480}
     assert "Targets" in (tmp_path / "ablation.md").read_text() and (tmp_path / "ablation.png").stat().st_size > 0
     again = _run(tmp_path)
     assert again.returncode == 0 and "start" not in again.stdout  # nothing retrained

@@ -13,7 +13,7 @@ from bicycle.config import PRESETS, ConfigError, RunConfig, replace, validate
 from bicycle.io import load_checkpoint
 from bicycle.train.build import kl_factor
 from test_step import make_state
-from tiny import tiny_config
+from tiny import interrupt_after, tiny_config
 
 
 def test_kl_factor_ramps_linearly_then_stays_at_one():
@@ -59,11 +59,13 @@ def test_without_warmup_the_objective_has_no_scale(tmp_path, monkeypatch):
 
 
 def test_resume_continues_the_ramp(tmp_path, monkeypatch):
-    over = {"train.steps": 4, "loss.kl_warmup": 1.0, "train.checkpoint_every": 2}
-    loop.train(tiny_config(**{**over, "train.steps": 2}), tmp_path / "run", echo=lambda _m: None)
+    cfg = tiny_config(**{"train.steps": 4, "loss.kl_warmup": 1.0})
+    first = interrupt_after(monkeypatch, 2)
+    assert loop.train(cfg, tmp_path / "run", echo=lambda _m: None).interrupted
+    monkeypatch.undo()
     stored = load_checkpoint(tmp_path / "run").config
-    seen = _scales_seen(tmp_path, monkeypatch, cfg=replace(stored, {"train.steps": 4}), resume=True)
-    assert seen == pytest.approx([3 / 4, 1.0])  # steps 2 and 3 of 4
+    assert _scales_seen(tmp_path, monkeypatch, cfg=stored, resume=True) == pytest.approx([3 / 4, 1.0])
+    assert first == pytest.approx([1 / 4, 2 / 4])
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])

@@ -10,3 +10,26 @@ def tiny_config(**overrides) -> RunConfig:
             "net.dropout": False, "train.impl": "ref"}
     base.update(overrides)
     return replace(PRESETS["demo"], base)
+
+
+def interrupt_after(monkeypatch, steps: int) -> list[float | None]:
+    """Make ``bicycle.train.loop.train`` receive a Ctrl-C (SIGINT) right after its ``steps``-th step, as a user
+    would; returns the list that records lambda_KL's warm-up factor (None: no warm-up) seen by every step."""
+    import os
+    import signal
+
+    import bicycle.train.loop as loop
+
+    seen: list[float | None] = []
+    real = loop.train_step
+
+    def step(state, *args, **kwargs):
+        out = real(state, *args, **kwargs)
+        s = state.objective.kl_scale
+        seen.append(None if s is None else float(s))
+        if len(seen) == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(loop, "train_step", step)
+    return seen
