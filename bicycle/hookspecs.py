@@ -45,7 +45,7 @@ def bicycle_train_start(config: RunConfig, run_dir: Path, start_step: int) -> No
 @hookspec
 def bicycle_train_step(step: int, metrics: dict[str, float], config: RunConfig, run_dir: Path) -> None:
     """Called every ``train.log_every`` steps with the losses of that step as Python floats
-    (read from the device only then) and "lr", "sec_per_step". ``step`` counts from 1."""
+    (read from the device only then) and "lr", "lambda_kl" (with its warm-up), "sec_per_step". ``step`` counts from 1."""
 
 
 @hookspec

@@ -82,3 +82,18 @@ def test_cli_flag_reaches_the_config():
     r = CliRunner().invoke(main, ["train", "--device", "cpu", "--kl-warmup", "0.25", "--dry-run"])
     assert r.exit_code == 0, r.output
     assert '"kl_warmup": 0.25' in r.output
+
+
+def test_observers_see_the_ramped_lambda_kl(tmp_path):
+    from bicycle import hookimpl, plugins
+
+    seen: list[float] = []
+
+    class Recorder:
+        @hookimpl
+        def bicycle_train_step(self, step, metrics):
+            seen.append(metrics["lambda_kl"])
+
+    cfg = tiny_config(**{"train.steps": 4, "train.log_every": 1, "loss.kl_warmup": 1.0})
+    loop.train(cfg, tmp_path / "run", plugins=plugins.build_plugins([Recorder()], autoload=False), echo=lambda _m: None)
+    assert seen == pytest.approx([cfg.loss.kl * f for f in (0.25, 0.5, 0.75, 1.0)])

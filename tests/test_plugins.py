@@ -126,7 +126,7 @@ def test_observer_hooks_see_training(tmp_path):
     assert seen[0] == ("start", 0) and seen[-1] == ("end", 4, False)
     steps = [s for s in seen if s[0] == "step"]
     assert [s[1] for s in steps] == [2, 4]
-    assert {"G_GAN", "G_L1", "kl", "z_L1", "D", "D2", "lr", "sec_per_step"} <= set(steps[0][2])
+    assert {"G_GAN", "G_L1", "kl", "z_L1", "D", "D2", "lr", "lambda_kl", "sec_per_step"} <= set(steps[0][2])
     assert ("sample", 2, True) in seen and ("checkpoint", 2, True) in seen and ("checkpoint", 4, True) in seen
 
 

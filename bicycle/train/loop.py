@@ -181,8 +181,9 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
                 interrupted = True
                 break
             factor = lr_factor(step, total, cfg.optim.decay_start)
+            kl_ramp = kl_factor(step, total, cfg.loss.kl_warmup)
             if kl_scale is not None:  # outside any graph: fill_ with a host scalar
-                kl_scale.fill_(kl_factor(step, total, cfg.loss.kl_warmup))
+                kl_scale.fill_(kl_ramp)
             a, b = stream.next()
             if graphed is not None:  # lr tensors refilled outside the graph, batch into static buffers
                 graphed.set_lr_factor(factor)
@@ -204,7 +205,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
                 values = {k: float(v) for k, v in metrics.items()}  # the only host read of the losses
                 progress.update(step, values)
                 plugins.notify("bicycle_train_step", step=step,
-                               metrics={**values, "lr": cfg.optim.lr * factor, "sec_per_step": progress.rate(step)},
+                               metrics={**values, "lr": cfg.optim.lr * factor, "lambda_kl": cfg.loss.kl * kl_ramp,
+                                        "sec_per_step": progress.rate(step)},
                                config=cfg, run_dir=run_dir)
             if step % cfg.train.sample_every == 0:
                 write_samples(step)
