@@ -36,7 +36,6 @@ DEMO_MODES_FRACTION, DEMO_VALID, PIX2PIX_MODES_FRACTION = 0.5, 0.7, 0.25
 BUDGET_SECONDS = 8 * 60  # per run, on a 2-core CPU (training only; one run at a time uses both cores)
 
 
-
 def run_dir_of(out: Path, model: str, seed: int) -> Path:
     return out / "runs" / f"{model}-s{seed}"
 

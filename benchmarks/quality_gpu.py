@@ -32,7 +32,6 @@ from bicycle.train.loop import train
 VALID_TARGET, MODES_TARGET = 0.9, 0.75
 
 
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")

@@ -12,7 +12,7 @@ from bicycle.errors import CheckpointError, ConfigError
 from bicycle.plugins import get_plugins
 from bicycle.train.build import build_networks, resolve
 from bicycle.train.loop import train
-from tiny import interrupt_after, tiny_config
+from tiny import spy_kl_scales, tiny_config
 
 
 def _quiet(_msg: str) -> None:
@@ -124,7 +124,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     straight (the LR schedule and lambda_KL's warm-up are functions of the step, data order is checkpointed)."""
     cfg = tiny_config(**{"train.steps": 4, "loss.kl_warmup": 1.0, "optim.decay_start": 0.25})
     straight = train(cfg, tmp_path / "a", echo=_quiet)
-    seen = interrupt_after(monkeypatch, 2)
+    seen = spy_kl_scales(monkeypatch, interrupt_after=2)
     stopped = train(cfg, tmp_path / "b", echo=_quiet)
     assert stopped.interrupted and stopped.step == 2 and io.load_checkpoint(tmp_path / "b").step == 2
     monkeypatch.undo()

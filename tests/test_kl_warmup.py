@@ -13,7 +13,7 @@ from bicycle.config import PRESETS, ConfigError, RunConfig, replace, validate
 from bicycle.io import load_checkpoint
 from bicycle.train.build import kl_factor
 from test_step import make_state
-from tiny import interrupt_after, tiny_config
+from tiny import spy_kl_scales, tiny_config
 
 
 def test_kl_factor_ramps_linearly_then_stays_at_one():
@@ -36,15 +36,7 @@ def test_the_scale_multiplies_the_kl_term_only(model):
 
 
 def _scales_seen(tmp_path, monkeypatch, cfg: RunConfig | None = None, resume: bool = False, **over) -> list[float | None]:
-    seen: list[float | None] = []
-    real = loop.train_step
-
-    def spy(state, *args, **kwargs):
-        s = state.objective.kl_scale
-        seen.append(None if s is None else float(s))
-        return real(state, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", spy)
+    seen = spy_kl_scales(monkeypatch)
     loop.train(cfg or tiny_config(**over), tmp_path / "run", resume=resume, echo=lambda _m: None)
     return seen
 
@@ -60,7 +52,7 @@ def test_without_warmup_the_objective_has_no_scale(tmp_path, monkeypatch):
 
 def test_resume_continues_the_ramp(tmp_path, monkeypatch):
     cfg = tiny_config(**{"train.steps": 4, "loss.kl_warmup": 1.0})
-    first = interrupt_after(monkeypatch, 2)
+    first = spy_kl_scales(monkeypatch, interrupt_after=2)
     assert loop.train(cfg, tmp_path / "run", echo=lambda _m: None).interrupted
     monkeypatch.undo()
     stored = load_checkpoint(tmp_path / "run").config

@@ -12,9 +12,9 @@ def tiny_config(**overrides) -> RunConfig:
     return replace(PRESETS["demo"], base)
 
 
-def interrupt_after(monkeypatch, steps: int) -> list[float | None]:
-    """Make ``bicycle.train.loop.train`` receive a Ctrl-C (SIGINT) right after its ``steps``-th step, as a user
-    would; returns the list that records lambda_KL's warm-up factor (None: no warm-up) seen by every step."""
+def spy_kl_scales(monkeypatch, interrupt_after: int | None = None) -> list[float | None]:
+    """Record lambda_KL's warm-up factor (None: no warm-up) seen by every step of ``bicycle.train.loop.train``;
+    with ``interrupt_after``, send a Ctrl-C (SIGINT) right after that many steps, as a user would."""
     import os
     import signal
 
@@ -27,7 +27,7 @@ def interrupt_after(monkeypatch, steps: int) -> list[float | None]:
         out = real(state, *args, **kwargs)
         s = state.objective.kl_scale
         seen.append(None if s is None else float(s))
-        if len(seen) == steps:
+        if len(seen) == interrupt_after:
             os.kill(os.getpid(), signal.SIGINT)
         return out
 
