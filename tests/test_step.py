@@ -8,7 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bicycle.kernels.lsgan import lsgan_ref
-from bicycle.models import MODELS, Objective, draw_noise
+from bicycle.models import MODELS, Objective, call_twice, draw_noise
 from bicycle.plugins import get_plugins
 from bicycle.train.build import build_dataset, build_networks, build_optimizers, resolve
 from bicycle.train.step import TrainState, train_step
@@ -70,13 +70,16 @@ def test_discriminator_loss_is_fake_plus_real_on_the_same_detached_fakes_and_wei
              [o.detach().clone() for o in out])))
     metrics = train_step(state, a, b, noise)
     for name, real in (("D", b[:2]), ("D2", b[2:])):
-        (fake_ge, grad_ge, w_ge, _), (fake_d, grad_d, w_d, out_fake), (real_d, _, _, out_real) = seen[name]
+        # instance norm: the D update is one call on [fakes; reals] (models.call_twice)
+        (fake_ge, grad_ge, w_ge, _), (both, grad_d, w_d, out_both) = seen[name]
+        n = fake_ge.shape[0]
         assert grad_ge and not grad_d, "the D update must see detached fakes"
-        torch.testing.assert_close(fake_d, fake_ge, rtol=0, atol=0)
+        torch.testing.assert_close(both[:n], fake_ge, rtol=0, atol=0)
         for p1, p2 in zip(w_ge, w_d):
             torch.testing.assert_close(p1, p2, rtol=0, atol=0)
-        torch.testing.assert_close(real_d, real, rtol=0, atol=0)
-        expected = lsgan_ref(out_fake, 0.0) + lsgan_ref(out_real, 1.0)  # fake + real, no 0.5
+        torch.testing.assert_close(both[n:], real, rtol=0, atol=0)
+        # fake + real, no 0.5
+        expected = lsgan_ref([o[:n] for o in out_both], 0.0) + lsgan_ref([o[n:] for o in out_both], 1.0)
         torch.testing.assert_close(metrics[name], expected)
 
 
@@ -94,10 +97,36 @@ def test_fake_random_is_conditioned_on_a1():
     calls = []
     state.nets.G.register_forward_hook(lambda m, inp, out: calls.append((inp[0].detach().clone(), inp[1].detach().clone())))
     train_step(state, a, b, noise)
-    (a_enc, _), (a_rand, z_rand) = calls[:2]
-    torch.testing.assert_close(a_enc, a[:2])
-    torch.testing.assert_close(a_rand, a[:2])  # A1, not A2
-    torch.testing.assert_close(z_rand, noise["z"])
+    (a_both, z_both), = calls  # one call on [A1, z_enc; A1, z_rand] (instance norm: models.call_twice)
+    torch.testing.assert_close(a_both[:2], a[:2])
+    torch.testing.assert_close(a_both[2:], a[:2])  # A1, not A2
+    torch.testing.assert_close(z_both[2:], noise["z"])
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_merged_calls_compute_what_separate_calls_do(norm):
+    """call_twice merges two calls only when the network treats samples independently; with BatchNorm
+    (batch statistics) it makes two calls, as the paper's code does."""
+    state, a, b, noise, _ = make_state(**{"net.norm": norm})
+    G, D = state.nets.G, state.nets.D
+    calls = []
+    for net in (G, D):
+        net.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape[0]))
+    z1, z2 = noise["eps"], noise["z"]
+    torch.manual_seed(2)
+    g1, g2 = G(a[:2], z1), G(a[:2], z2)
+    d1, d2 = D(b[:2]), D(b[2:])
+    calls.clear()
+    torch.manual_seed(2)
+    m1, m2 = call_twice(G, (a[:2], z1), (a[:2], z2))
+    n1, n2 = call_twice(D, (b[:2],), (b[2:],))
+    assert calls == ([4, 4] if norm == "instance" else [2, 2, 2, 2])
+    torch.testing.assert_close(m1, g1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m2, g2, rtol=1e-5, atol=1e-5)
+    for got, want in ((n1, d1), (n2, d2)):
+        assert len(got) == len(want) == len(D.nets)
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
 class _HostSyncGuard(TorchDispatchMode):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bicycle.models import ModelSpec, Nets, Objective
+from bicycle.models import ModelSpec, Nets, Objective, call_twice
 from bicycle.objective import discriminator_loss
 
 
@@ -39,7 +39,8 @@ def train_step(state: TrainState, a: Tensor, b: Tensor, noise: dict[str, Tensor]
     metrics = {k: v.detach() for k, v in ge.metrics.items()}
     for name, fake, real in ge.d_pairs:
         disc = getattr(nets, name)
-        loss = discriminator_loss(disc(fake.detach()), disc(real), state.objective.gan_mode, state.objective.impl)
+        pred_fake, pred_real = call_twice(disc, (fake.detach(),), (real,))
+        loss = discriminator_loss(pred_fake, pred_real, state.objective.gan_mode, state.objective.impl)
         metrics[name] = loss.detach()
         d_total = loss if d_total is None else d_total + loss
     d_names = [name for name, _, _ in ge.d_pairs]
