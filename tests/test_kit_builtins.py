@@ -51,7 +51,7 @@ class TestAligned(DatasetConformance):
 def test_builtin_report_has_every_check(bicycle_registry, one_torch_thread):
     report = check_backbone(bicycle_registry.backbone("unet"), [bicycle_registry.injector("all")], registry=bicycle_registry)
     assert set(report.checks()) == {"size_declarations", "output_shape_and_range", "z_sensitivity", "gradient_flow",
-                                    "safetensors_round_trip", "determinism", "cuda_graph", "injection_contract"}
+                                    "safetensors_round_trip", "determinism", "batch_merge", "cuda_graph", "injection_contract"}
     report.raise_for_failures()
     assert ("cuda_graph" in report.checks("skipped")) == (not torch.cuda.is_available())
 
@@ -95,9 +95,17 @@ def test_kit_reports_each_broken_property(bicycle_registry, one_torch_thread):
     assert "other samples" in failed["z_sensitivity"]
     assert "unused" in failed["gradient_flow"]
     assert "called the injector at points [0]" in failed["injection_contract"]
+    assert "differs from two calls" in failed["batch_merge"]
     assert {"safetensors_round_trip", "determinism"} <= set(report.checks("passed"))
     with pytest.raises(AssertionError, match="backbone 'broken' \\+ injector 'input'"):
         report.raise_for_failures()
+
+
+def test_batch_merge_passes_a_batch_norm_generator_because_the_step_calls_it_twice(bicycle_registry, one_torch_thread):
+    report = check_generator(bicycle_registry.backbone("unet"), bicycle_registry.injector("all"),
+                             tiny_generator_args(norm="batch"))
+    passed = {r.check: r.detail for r in report.results if r.status == "passed"}
+    assert "calls it twice" in passed["batch_merge"]
 
 
 def test_kit_catches_an_injector_that_ignores_z(bicycle_registry, one_torch_thread):

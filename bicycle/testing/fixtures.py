@@ -76,7 +76,7 @@ class _GeneratorConformance:
 
     def _check(self, registry: Registry, check: str) -> None:
         others = ("output_shape_and_range", "z_sensitivity", "gradient_flow", "safetensors_round_trip",
-                  "determinism", "cuda_graph", "injection_contract")
+                  "determinism", "batch_merge", "cuda_graph", "injection_contract")
         _assert_check(self._report(registry, tuple(c for c in others if c != check)), check)
 
     def test_output_shape_and_range(self, bicycle_registry: Registry, one_torch_thread: None) -> None:
@@ -93,6 +93,9 @@ class _GeneratorConformance:
 
     def test_determinism(self, bicycle_registry: Registry, one_torch_thread: None) -> None:
         self._check(bicycle_registry, "determinism")
+
+    def test_batch_merge(self, bicycle_registry: Registry, one_torch_thread: None) -> None:
+        self._check(bicycle_registry, "batch_merge")
 
     def test_injection_contract(self, bicycle_registry: Registry, one_torch_thread: None) -> None:
         self._check(bicycle_registry, "injection_contract")

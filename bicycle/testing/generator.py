@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from bicycle.models import couples_samples
 from bicycle.testing.cases import GeneratorCase
 from bicycle.testing.report import CheckSkipped, ConformanceError
 
@@ -88,6 +89,25 @@ def check_gradient_flow(case: GeneratorCase) -> str:
     if problems:
         raise ConformanceError(f"{case.subject}: " + "; ".join(problems))
     return f"{len(params)} parameter tensors and z receive gradients"
+
+
+def check_batch_merge(case: GeneratorCase) -> str:
+    """In train mode, one call on two concatenated batches gives what two calls give: the training step
+    merges G(A1, z_enc) and G(A1, z_rand) into one call (``bicycle.models.call_twice``). A generator with
+    torch BatchNorm layers passes as is: the step detects them and calls it twice."""
+    g = case.build().train()
+    if couples_samples(g):
+        return "has BatchNorm: the training step calls it twice"
+    (a1, z1), (a2, z2) = case.inputs(0), case.inputs(1)
+    with torch.no_grad():
+        merged = g(torch.cat([a1, a2]), torch.cat([z1, z2]))
+        separate = torch.cat([g(a1, z1), g(a2, z2)])
+    if not torch.allclose(merged, separate, rtol=1e-4, atol=1e-5):
+        diff = (merged - separate).abs().max().item()
+        raise ConformanceError(f"{case.subject}: in train mode one call on two batches differs from two calls by "
+                               f"{diff:.3g}; the training step merges G's two calls, so samples must be independent "
+                               f"(batch statistics only through torch.nn BatchNorm layers, which it detects)")
+    return "one call on two batches = two calls"
 
 
 def state_tensors(module: nn.Module) -> dict[str, Tensor]:
@@ -182,5 +202,6 @@ GENERATOR_CHECKS = {
     "gradient_flow": check_gradient_flow,
     "safetensors_round_trip": check_safetensors_round_trip,
     "determinism": check_determinism,
+    "batch_merge": check_batch_merge,
     "cuda_graph": check_cuda_graph,
 }
