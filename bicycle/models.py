@@ -100,8 +100,8 @@ def _halves(out: Outputs, n: int) -> tuple[Outputs, Outputs]:
 
 def call_twice(net: nn.Module, first: tuple[Tensor, ...], second: tuple[Tensor, ...]) -> tuple[Outputs, Outputs]:
     """(net(*first), net(*second)). When ``net`` treats samples independently, as one call on the
-    concatenated batch: the same maths with half the kernel launches and larger convolutions (the
-    CPU training step takes about 1.4x less time, ``bicycle bench --step``). Inputs: [n, ...] each,
+    concatenated batch: the same maths with half the kernel launches and larger convolutions (the demo
+    preset's CPU step: 1.15-1.8x faster, benchmarks/results/step_merge_cpu_20261127.json). Inputs: [n, ...] each,
     the same n in both; outputs: a tensor or a list of tensors, [n, ...] each."""
     if couples_samples(net):
         return net(*first), net(*second)
