@@ -155,7 +155,7 @@ RESUMABLE_KEYS = frozenset(
      "train.cuda_graphs", "train.precision", "train.compile"}
 )
 
-# Presets. "demo" is calibrated to finish in at most 10 minutes on an idle 2-core CPU.
+# Presets. "demo" is calibrated to train within 8 minutes on a 2-core CPU (375-422 s measured, benchmarks/results/ablation).
 PRESETS: dict[str, RunConfig] = {
     # demo: the paper's networks and losses at 32 px with widths 32, batch 8 instead of 2 and a 5x
     # larger LR so that modes appear within minutes (measured: at lr 2e-4 the run collapsed to one or
