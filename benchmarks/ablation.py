@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from bicycle.bench import git_commit
+from bicycle.bench.common import git_commit
 from bicycle.models import MODELS as SPECS
 
 MODELS = ["pix2pix", "cae-gan", "cvae-gan", "clr-gan", "bicycle"]
@@ -46,8 +46,8 @@ def run_one(run_dir: Path, model: str, seed: int, steps: int | None, inputs: int
     from bicycle.evaluate import evaluate
     from bicycle.plugins import get_plugins
     from bicycle.sample import grid_image, random_outputs
-    from bicycle.sampling import load_model
-    from bicycle.train.build import build_dataset
+    from bicycle.build import build_dataset
+    from bicycle.loading import load_model
     from bicycle.train.loop import train
 
     over: dict = {"train.model": model, "train.seed": seed}

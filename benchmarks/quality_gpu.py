@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from bicycle.bench import git_commit
+from bicycle.bench.common import git_commit
 from bicycle.config import PRESETS, replace, validate
 from bicycle.evaluate import evaluate
 from bicycle.plugins import get_plugins
-from bicycle.sampling import load_model
-from bicycle.train.build import build_eval_dataset
+from bicycle.build import build_eval_dataset
+from bicycle.loading import load_model
 from bicycle.train.loop import train
 
 VALID_TARGET, MODES_TARGET = 0.9, 0.75

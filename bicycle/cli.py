@@ -100,7 +100,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool, flags: dict) -> None:
     from bicycle.config import PRESETS, replace, validate
     from bicycle.plugins import get_plugins
-    from bicycle.train.build import build_dataset, resolve
+    from bicycle.build import build_dataset, resolve
 
     overrides = {_TRAIN_KEYS[k]: v for k, v in flags.items() if v is not None}
     registry = get_plugins().registry
@@ -127,8 +127,8 @@ def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Pa
         cfg = validate(replace(cfg, overrides))
         click.echo(f"bicycle train: preset {preset} ({PRESET_NOTES[preset]})")
     if cfg.train.cuda_graphs:
-        from bicycle.train.graph import check_cuda_graphs
-        from bicycle.train.build import pick_device
+        from bicycle.build import pick_device
+        from bicycle.train.execution import check_cuda_graphs
         check_cuda_graphs(True, pick_device(cfg.train.device))
     if dry_run:
         cfg = resolve(cfg, registry)
@@ -218,7 +218,7 @@ def env() -> None:
 
 
 def _attach_bench() -> None:
-    from bicycle.bench import bench
+    from bicycle.bench.command import bench
 
     main.add_command(bench, "bench")
 

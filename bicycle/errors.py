@@ -19,3 +19,10 @@ class PluginError(BicycleError):
 
 class CheckpointError(BicycleError):
     """A checkpoint that cannot be loaded: missing/unexpected tensors, config mismatch, bad file."""
+
+
+class OpUnavailableError(BicycleError, RuntimeError):
+    """An explicitly requested op implementation (``--impl triton``/``cpp``) cannot run here; says why.
+
+    Also a RuntimeError, as it was before it joined this hierarchy, so ``except RuntimeError`` still catches it.
+    """

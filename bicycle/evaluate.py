@@ -8,13 +8,15 @@ from pathlib import Path
 
 import torch
 
+from bicycle.build import build_eval_dataset
 from bicycle.data.base import oracle_of
+from bicycle.loading import load_model
 from bicycle.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, prior_coverage, z_sensitivity
-from bicycle.models import MODELS, Nets
+from bicycle.models import MODELS
+from bicycle.nets import Nets
 from bicycle.perceptual import FID_VERSION, LPIPS_VERSION, consecutive_pair_lpips, fid
 from bicycle.plugins import get_plugins
 from bicycle.sample import encoded_outputs, random_outputs
-from bicycle.train.build import build_eval_dataset
 
 BATCH = 64
 COVERED = 0.5  # prior_coverage at or above which a random z counts as covered
@@ -127,7 +129,6 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
              device: str, echo: Callable[[str], None] = print, lpips_weights: str | Path | None = None,
              inception_weights: str | Path | None = None) -> dict:
     from bicycle.perceptual import file_tag, load_inception, load_lpips
-    from bicycle.sampling import load_model
     lpips = load_lpips(lpips_weights) if lpips_weights is not None else None  # weight errors before the model
     fid_net = load_inception(inception_weights) if inception_weights is not None else None
     tags = {}

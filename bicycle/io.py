@@ -22,7 +22,7 @@ from torch import Tensor
 
 from bicycle.config import RunConfig
 from bicycle.errors import CheckpointError, ConfigError
-from bicycle.models import Nets
+from bicycle.nets import Nets
 
 FORMAT = "bicycle-checkpoint/1"
 LATEST = "latest"

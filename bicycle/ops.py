@@ -2,9 +2,10 @@
 
 ``auto`` picks Triton for CUDA tensors (the reference when triton is not importable; ``bicycle env``
 says so), C++ for CPU tensors (the reference when ``bicycle._C`` did not build), the reference
-otherwise. An explicitly requested impl that cannot run raises :class:`OpUnavailableError` with the
-reason; nothing falls back silently. This is the only module that imports ``bicycle.kernels`` and
-``bicycle._C``.
+otherwise. An explicitly requested impl that cannot run raises
+:class:`~bicycle.errors.OpUnavailableError` (re-exported here) with the reason; nothing falls back
+silently. :func:`check_impl` asks that before training starts. This is the only module that imports
+``bicycle.kernels`` and ``bicycle._C``.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from bicycle.errors import OpUnavailableError
 from bicycle.kernels import _common
 from bicycle.kernels import lsgan as _lsgan
 from bicycle.kernels import reparam_kl as _reparam
@@ -25,14 +27,11 @@ from bicycle.kernels.reparam_kl import reparam_kl_ref
 Impl = Literal["auto", "triton", "cpp", "ref"]
 IMPLS: tuple[str, ...] = ("auto", "triton", "cpp", "ref")
 OPS: tuple[str, ...] = ("reparam_kl", "lsgan", "lsgan_d", "prepare_batch")
+TRAINING_OPS: tuple[str, ...] = ("reparam_kl", "lsgan", "lsgan_d")  # the ops a training step dispatches
 _TRITON_OPS = frozenset({"reparam_kl", "lsgan", "lsgan_d"})
 
 
-class OpUnavailableError(RuntimeError):
-    """An explicitly requested implementation cannot run here."""
-
-
-def _check_impl(impl: str) -> None:
+def _check_name(impl: str) -> None:
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
 
@@ -49,7 +48,7 @@ def _ext() -> tuple[ModuleType | None, str | None]:
 
 def unavailable_reason(impl: str, device_type: str, op: str | None = None) -> str | None:
     """Why ``impl`` cannot run ``op`` on ``device_type`` tensors, or None if it can."""
-    _check_impl(impl)
+    _check_name(impl)
     if impl in ("ref", "auto"):
         return None
     if impl == "cpp":
@@ -72,9 +71,23 @@ def unavailable_reason(impl: str, device_type: str, op: str | None = None) -> st
     return f"the Triton kernels take CUDA tensors, got {device_type} tensors (set TRITON_INTERPRET=1 to interpret on CPU)"
 
 
+def check_impl(impl: str, device_type: str) -> None:
+    """Raise :class:`OpUnavailableError` (one line) if ``impl`` cannot run the training ops on ``device_type``.
+
+    For config resolution, before the first step: ``auto`` and ``ref`` always run; an explicit ``triton``
+    or ``cpp`` must run every op in :data:`TRAINING_OPS` on ``device_type`` ("cpu", "cuda") tensors.
+    """
+    _check_name(impl)
+    for op in TRAINING_OPS:
+        why = unavailable_reason(impl, device_type, op)
+        if why:
+            why = " ".join(why.split())  # an ImportError text can span lines
+            raise OpUnavailableError(f"--impl {impl}: unavailable on {device_type} tensors: {why}")
+
+
 def resolve_impl(impl: str, device_type: str, op: str | None = None) -> str:
     """The concrete impl used for tensors on ``device_type`` ("cpu", "cuda", ...); raises if it cannot run."""
-    _check_impl(impl)
+    _check_name(impl)
     if impl == "auto":
         return auto_choice(device_type, op)[0]
     why = unavailable_reason(impl, device_type, op)

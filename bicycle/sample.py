@@ -9,7 +9,7 @@ from PIL import Image
 from torch import Tensor
 
 from bicycle.data.base import Oracle
-from bicycle.models import Nets
+from bicycle.nets import Nets
 
 
 def to_image(t: Tensor) -> np.ndarray:

@@ -6,24 +6,12 @@ from pathlib import Path
 
 import torch
 
-from bicycle import io
+from bicycle.build import build_eval_dataset
 from bicycle.data.base import oracle_of
 from bicycle.errors import DataError
-from bicycle.models import Nets
+from bicycle.loading import load_model
 from bicycle.plugins import get_plugins
 from bicycle.sample import distinct_valid_modes, sample_grid, save_image
-from bicycle.train.build import build_eval_dataset, build_networks, pick_device
-
-
-def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[io.Checkpoint, Nets, torch.device]:
-    """Networks rebuilt from the checkpoint's own config, weights loaded strictly, in eval mode."""
-    ckpt = io.load_checkpoint(checkpoint)
-    dev = pick_device(device)
-    nets = build_networks(ckpt.config, get_plugins().registry)
-    io.load_networks(ckpt, nets)
-    for _, m in nets.items():
-        m.to(dev).eval()
-    return ckpt, nets, dev
 
 
 def run_sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int,

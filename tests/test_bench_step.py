@@ -7,9 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bicycle.bench import bench
-from bicycle.benchstep import (REQUIRED_KEYS, SyntheticPairs, paper_op_shapes, reference_step, run_graph_ops_bench,
-                               step_config, to_device_images)
+from bicycle.bench.command import bench
+from bicycle.bench.ops import paper_op_shapes, run_graph_ops_bench
+from bicycle.bench.step import REQUIRED_KEYS, step_config
+from bicycle.train.reference import reference_step
 
 
 def test_bench_step_cpu_quick_writes_labelled_records(tmp_path):
@@ -54,18 +55,20 @@ def test_step_config_is_the_paper_configuration_on_cuda():
     assert step_config("cuda", 8, quick=False).train.batch_size == 8
 
 
-def test_synthetic_data_and_device_normalisation():
-    data = SyntheticPairs(2, 8, "cpu")
-    a, b = data.next()
-    assert a.dtype == torch.uint8 and a.shape == (2, 3, 8, 8)
-    out = torch.empty(2, 3, 8, 8)
-    to_device_images(a, out)
-    torch.testing.assert_close(out, a.float() / 127.5 - 1.0)
+def _state(cfg, impl: str | None = None):
+    from bicycle.build import resolve
+    from bicycle.config import replace
+    from bicycle.plugins import get_plugins
+    from bicycle.train.state import build_state
+
+    reg = get_plugins().registry
+    cfg = resolve(replace(cfg, {"train.impl": impl}) if impl else cfg, reg)
+    return cfg, build_state(cfg, reg, "cpu", plain_adam=True)
 
 
 def test_reference_step_trains_every_network():
-    from bicycle.benchstep import _build
-    cfg, nets, opts = _build(step_config("cpu", 2, quick=True), "cpu", capturable=False)
+    cfg, state = _state(step_config("cpu", 2, quick=True))
+    nets, opts = state.nets, state.optimizers
     before = {k: [p.detach().clone() for p in m.parameters()] for k, m in nets.items()}
     torch.manual_seed(0)
     a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
@@ -89,19 +92,18 @@ def test_prep_bench_quick(tmp_path):
 
 def test_reference_step_is_the_same_mathematics_as_train_step():
     """The bench's eager reference (original style) and train_step make the same updates."""
-    from bicycle.benchstep import _build
-    from bicycle.models import MODELS, Objective
-    from bicycle.train.step import TrainState, train_step
+    from bicycle.train.step import train_step
 
     cfg0 = step_config("cpu", 4, quick=True)
-    cfg, n1, o1 = _build(cfg0, "cpu", capturable=False)
-    _, n2, o2 = _build(cfg0, "cpu", capturable=False)
+    cfg, s1 = _state(cfg0)
+    _, s2 = _state(cfg0, impl="ref")
+    n1, o1, n2 = s1.nets, s1.optimizers, s2.nets
     a, b = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
     torch.manual_seed(5)
     ref = reference_step(n1, o1, a, b, cfg.net.nz, cfg.loss)
     torch.manual_seed(5)
     noise = {"eps": torch.randn(2, cfg.net.nz), "z": torch.randn(2, cfg.net.nz)}
-    got = train_step(TrainState(n2, o2, MODELS["bicycle"], Objective(cfg.loss, cfg.net.gan_mode, "ref")), a, b, noise)
+    got = train_step(s2, a, b, noise)
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
     # Adam's first step moves each weight by about lr * g / (|g| + eps): where a gradient is at rounding
@@ -110,3 +112,39 @@ def test_reference_step_is_the_same_mathematics_as_train_step():
     for k, m in n1.items():
         for p, q in zip(m.parameters(), getattr(n2, k).parameters()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=0.2 * lr)
+
+
+def test_graph_ops_on_cpu_writes_no_json_and_does_not_claim_to(tmp_path):
+    path = tmp_path / "graph_ops.json"
+    r = CliRunner().invoke(bench, ["--graph-ops", "--device", "cpu", "--json", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "GPU only" in r.output and "nothing written" in r.output and "wrote" not in r.output
+    assert not path.exists()
+
+
+def test_step_bench_reports_the_wait_on_the_real_dataset(tmp_path):
+    from bicycle.bench.step import run_step_bench
+    records = run_step_bench("cpu", [2], str(tmp_path / "s.json"), quick=True)
+    for rec in records:
+        assert 0 <= rec["data_wait_fraction"] <= rec["data_fraction"] + 1e-9 < 1
+        assert rec["prefetch"] == "inline" and rec["dataset"].startswith("aligned folder")
+
+
+def test_a_failing_measurement_becomes_a_record_and_the_others_still_run(tmp_path, monkeypatch):
+    import bicycle.bench.step as step
+
+    real = step.measure_step
+
+    def flaky(mode, *args, **kwargs):
+        if mode == "fused-eager":
+            raise RuntimeError("simulated failure in one measurement")
+        return real(mode, *args, **kwargs)
+
+    monkeypatch.setattr(step, "measure_step", flaky)
+    path = tmp_path / "s.json"
+    records = step.run_step_bench("cpu", [2], str(path), quick=True, keep_going=True)
+    assert [r["mode"] for r in records] == ["eager", "fused-eager"]
+    assert "ms_per_iter" in records[0] and "simulated failure" in records[1]["error"]
+    assert json.loads(path.read_text())["records"] == records
+    with pytest.raises(RuntimeError, match="simulated"):
+        step.run_step_bench("cpu", [2], None, quick=True)

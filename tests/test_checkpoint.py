@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from bicycle import io
 from bicycle.errors import CheckpointError, ConfigError
 from bicycle.plugins import get_plugins
-from bicycle.train.build import build_networks, resolve
+from bicycle.build import build_networks, resolve
 from bicycle.train.loop import train
 from tiny import spy_kl_scales, tiny_config
 

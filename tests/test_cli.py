@@ -147,8 +147,8 @@ def test_prior_coverage_only_for_models_that_train_a_posterior(run_dir):
     from bicycle.evaluate import evaluate
     from bicycle.models import MODELS
     from bicycle.plugins import get_plugins
-    from bicycle.sampling import load_model
-    from bicycle.train.build import build_eval_dataset
+    from bicycle.build import build_eval_dataset
+    from bicycle.loading import load_model
 
     assert sorted(k for k, m in MODELS.items() if m.variational) == ["bicycle", "cvae-gan"]  # KL-trained encoders
     ckpt, nets, dev = load_model(run_dir[0], "cpu")
@@ -173,3 +173,21 @@ def test_the_same_command_on_a_pix2pix_folder_of_ones_own_images(tmp_path):
     result = invoke("sample", "--checkpoint", str(run), "--data", str(root), "--samples", "2", "--inputs", "2", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert (out / "grid.png").is_file()
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_an_impl_that_cannot_run_here_fails_at_config_resolution_in_one_line(tmp_path, monkeypatch, dry_run):
+    import bicycle.train.loop as loop
+    from bicycle import ops
+
+    monkeypatch.setattr(ops, "_ext", lambda: (None, "the C++ extension bicycle._C is not available (No module)"))
+    steps = []
+    monkeypatch.setattr(loop, "build_state", lambda *a, **k: steps.append("built") or pytest.fail("got past resolution"))
+    args = ["train", "--impl", "cpp", "--device", "cpu", "--steps", "2", "--run-dir", str(tmp_path / "run")]
+    r = CliRunner().invoke(main, args + (["--dry-run"] if dry_run else []))
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output and not steps
+    lines = r.output.strip().splitlines()
+    assert lines[-1] == ("Error: --impl cpp: unavailable on cpu tensors: the C++ extension bicycle._C is not available "
+                         "(No module)")
+    assert not (tmp_path / "run" / "checkpoints").exists()

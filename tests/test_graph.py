@@ -7,6 +7,7 @@ CUDA): the issue's properties (i)-(v) of the graph-replayed step.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace as dc_replace
 
 import pytest
@@ -16,12 +17,16 @@ from click.testing import CliRunner
 from bicycle.cli import main
 from bicycle.config import PRESETS, RESUMABLE_KEYS, replace, validate
 from bicycle.errors import ConfigError
-from bicycle.models import MODELS, Objective, draw_noise
+from bicycle.build import build_dataset, resolve
+from bicycle.losses import LossSetup
+from bicycle.models import draw_noise
 from bicycle.plugins import get_plugins
-from bicycle.train.build import build_dataset, build_networks, build_optimizers, lr_factor, resolve
-from bicycle.train.graph import (CPU_EAGER_MESSAGE, GraphedStep, autocast, check_cuda_graphs, host_lrs, lr_tensors,
-                                 memory_format, prepare_networks, set_lr, use_cuda_graphs)
-from bicycle.train.step import TrainState, train_step
+from bicycle.train.execution import (CPU_EAGER_MESSAGE, autocast, check_cuda_graphs, memory_format, prepare_networks,
+                                     use_cuda_graphs)
+from bicycle.train.graph import GraphedStep, host_lrs, lr_tensors, set_lr
+from bicycle.train.schedule import lr_factor
+from bicycle.train.state import build_state
+from bicycle.train.step import train_step
 from tiny import tiny_config
 
 CPU = torch.device("cpu")
@@ -109,10 +114,7 @@ def _state(model: str = "bicycle", **over):
     reg = get_plugins().registry
     ds = build_dataset(cfg, reg, "train")
     cfg = resolve(cfg, reg, ds)
-    torch.manual_seed(0)
-    nets = build_networks(cfg, reg)
-    opts = build_optimizers(cfg, nets)
-    state = TrainState(nets, opts, MODELS[model], Objective(cfg.loss, cfg.net.gan_mode, "ref"))
+    state = build_state(cfg, reg, "cpu")
     a, b = ds.get_batch([0, 1, 2, 3])
     return state, a, b, cfg
 
@@ -221,20 +223,15 @@ def test_graphed_step_bf16_eager_path_runs():
 
 # -- GPU: properties (i)-(v) of the graph-replayed step -------------------------------------------------
 
-def _gpu_state(model="bicycle", size=64, batch=4, **over):
+def _gpu_state(model="bicycle", size=64, batch=4, device="cuda", **over):
     cfg = tiny_config(**{"train.model": model, "net.image_size": size, "net.ngf": 16, "net.nef": 16, "net.ndf": 16,
                          "train.batch_size": batch, "net.dropout": True, "train.impl": "auto", **over})
     reg = get_plugins().registry
     ds = build_dataset(cfg, reg, "train")
     cfg = resolve(cfg, reg, ds)
-    torch.manual_seed(0)
-    nets = build_networks(cfg, reg)
-    for _, m in nets.items():
-        m.cuda().train()
-    opts = build_optimizers(cfg, nets)
-    state = TrainState(nets, opts, MODELS[model], Objective(cfg.loss, cfg.net.gan_mode, "auto"))
+    state = build_state(cfg, reg, device)
     a, b = ds.get_batch(list(range(batch)))
-    return state, a.cuda(), b.cuda(), cfg, ds
+    return state, a.to(device), b.to(device), cfg, ds
 
 
 @pytest.fixture
@@ -312,43 +309,55 @@ def test_gpu_i_replayed_step_equals_eager_step(strict_fp32):
             torch.testing.assert_close(u_g, u_e, rtol=1e-4, atol=1e-4 * lr)
 
 
-def _mean_losses(use_graph: bool, steps: int = 200):
-    state, _, _, cfg, ds = _gpu_state(size=32, batch=4)
+@pytest.fixture
+def deterministic(strict_fp32, monkeypatch):
+    """Deterministic algorithms where torch has them (warn elsewhere: e.g. adaptive pooling's backward)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # benchmarks/gpu_check.sh also sets it before CUDA starts
+    old = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(old[0], warn_only=old[1])
+
+
+def _trajectory(capture: bool, steps: int, device: str = "cuda") -> list[dict[str, float]]:
+    """Per-step losses of ``steps`` training steps through GraphedStep, captured and replayed or eager:
+    the same initial weights, batches (the loop's stream), schedule and per-step static noise (no dropout)."""
+    state, _, _, cfg, ds = _gpu_state(size=32, batch=4, device=device, **{"net.dropout": False})
     from bicycle.train.data import BatchStream
-    stream = BatchStream(ds, 4, 0)
-    torch.cuda.manual_seed(7)
-    base = {k: cfg.optim.lr for k in state.optimizers}
-    g = GraphedStep(state, (4, 3, 32, 32), (4, 3, 32, 32), cfg.net.nz, "cuda", base) if use_graph else None
-    sums: dict[str, float] = {}
-    acc = None
+    n, s = cfg.train.batch_size, cfg.net.image_size
+    stream = BatchStream(ds, n, 0)
+    g = GraphedStep(state, (n, cfg.net.in_channels, s, s), (n, cfg.net.out_channels, s, s), cfg.net.nz, device,
+                    {k: cfg.optim.lr for k in state.optimizers}, noise="static", capture=capture)
+    out = []
     for step in range(steps):
-        f = lr_factor(step, steps, 0.5)
-        a, b = stream.next()
-        if g is not None:
-            g.set_lr_factor(f)
-            m = g.step(a, b)
-        else:
-            for k, o in state.optimizers.items():
-                for grp in o.param_groups:
-                    grp["lr"] = base[k] * f
-            m = train_step(state, a.cuda(), b.cuda(), draw_noise(state.model, 4, cfg.net.nz, "cuda"))
-        if step >= 100:
-            vec = torch.stack([m[k] for k in sorted(m)])
-            acc = vec.clone() if acc is None else acc + vec
-    for k, v in zip(sorted(m), (acc / (steps - 100)).tolist()):
-        sums[k] = v
-    return sums
+        g.set_lr_factor(lr_factor(step, steps, 0.5))
+        g.set_noise(draw_noise(state.model, n, cfg.net.nz, "cpu", torch.Generator().manual_seed(step)))
+        m = g.step(*stream.next())
+        out.append({k: float(v) for k, v in m.items()})
+    assert g.captured == capture
+    return out
+
+
+def test_trajectory_runs_the_configs_shapes_and_is_reproducible_on_cpu():
+    """The (ii) comparison's harness on CPU: the dataset's channels (shapes: 1 -> 3), static per-step noise."""
+    first, again = _trajectory(False, 3, "cpu"), _trajectory(False, 3, "cpu")
+    assert len(first) == 3 and set(first[0]) == {"G_GAN", "G_GAN2", "G_L1", "kl", "z_L1", "D", "D2"}
+    assert first == again
 
 
 @pytest.mark.gpu
-def test_gpu_ii_200_steps_mean_losses_agree():
-    """(ii) 200 steps eager vs graph-replayed: mean losses of steps 100-200 agree within 5%."""
-    eager, graph = _mean_losses(False), _mean_losses(True)
-    assert set(eager) == set(graph)
-    total_e, total_g = sum(eager.values()), sum(graph.values())
-    assert total_g == pytest.approx(total_e, rel=0.05), (eager, graph)
-    for k in ("G_L1", "D", "D2", "G_GAN", "G_GAN2"):
-        assert graph[k] == pytest.approx(eager[k], rel=0.05, abs=0.01), (k, eager, graph)
+def test_gpu_ii_replayed_losses_track_the_eager_steps(deterministic, record_property):
+    """(ii) 200 steps eager vs graph-replayed on the same batches and noise: per-step losses agree to rtol 1e-3
+    for the first 20 steps; the drift over 200 steps is recorded (GAN trajectories decorrelate), not asserted."""
+    eager, graph = _trajectory(False, 200), _trajectory(True, 200)
+    drift = {k: max(abs(g[k] - e[k]) / max(abs(e[k]), 1e-8) for e, g in zip(eager, graph)) for k in eager[0]}
+    first_off = next((t for t, (e, g) in enumerate(zip(eager, graph))
+                      if any(abs(g[k] - e[k]) > 1e-3 * abs(e[k]) + 1e-6 for k in e)), None)
+    record_property("drift_200_steps", json.dumps({"max_rel_diff_per_loss": drift, "first_step_beyond_rtol_1e-3": first_off,
+                                                   "final_eager": eager[-1], "final_graph": graph[-1]}))
+    for t in range(20):
+        for k in eager[t]:
+            assert graph[t][k] == pytest.approx(eager[t][k], rel=1e-3, abs=1e-6), (t, k, eager[t], graph[t])
 
 
 @pytest.mark.gpu
@@ -400,8 +409,8 @@ def test_gpu_v_latent_loss_sends_no_gradient_to_e(strict_fp32):
     g_graph = [p.grad.clone() for p in state.nets.G.parameters()]
     _restore(state, snap)
     torch.cuda.manual_seed(99)
-    no_z = Objective(dc_replace(cfg.loss, z=0.0), cfg.net.gan_mode, "auto")
-    ge = state.model.objective(state.nets, g.a, g.b, g.static_noise, no_z)
+    no_z = LossSetup(dc_replace(cfg.loss, z=0.0), cfg.net.gan_mode, "auto")
+    ge = state.model.losses(state.nets, g.a, g.b, g.static_noise, no_z)
     e_params, g_params = list(state.nets.E.parameters()), list(state.nets.G.parameters())
     grads = torch.autograd.grad(ge.loss, e_params + g_params, allow_unused=True)
     for got, want in zip(e_graph, grads[:len(e_params)]):
@@ -416,7 +425,7 @@ def test_gpu_vi_replay_reads_the_refilled_kl_scale(strict_fp32):
     static noise) scales the replayed KL term exactly."""
     state, a, b, cfg, _ = _gpu_state()
     scale = torch.ones((), device="cuda")
-    state.objective = Objective(cfg.loss, cfg.net.gan_mode, "auto", scale)
+    state.loss_setup = LossSetup(cfg.loss, cfg.net.gan_mode, "auto", scale)
     g = _captured(state, a, b, cfg)
     snap = _snapshot(state)
     full = g.replay()["kl"].clone()

@@ -11,7 +11,7 @@ import bicycle.train.loop as loop
 from bicycle.cli import main
 from bicycle.config import PRESETS, ConfigError, RunConfig, replace, validate
 from bicycle.io import load_checkpoint
-from bicycle.train.build import kl_factor
+from bicycle.train.schedule import kl_factor
 from test_step import make_state
 from tiny import spy_kl_scales, tiny_config
 
@@ -25,9 +25,9 @@ def test_kl_factor_ramps_linearly_then_stays_at_one():
 @pytest.mark.parametrize("model", ["bicycle", "cvae-gan"])
 def test_the_scale_multiplies_the_kl_term_only(model):
     state, a, b, noise, cfg = make_state(model)
-    full = state.model.objective(state.nets, a, b, noise, state.objective)
-    scaled_obj = dataclasses.replace(state.objective, kl_scale=torch.tensor(0.25))
-    scaled = state.model.objective(state.nets, a, b, noise, scaled_obj)
+    full = state.model.losses(state.nets, a, b, noise, state.loss_setup)
+    scaled_setup = dataclasses.replace(state.loss_setup, kl_scale=torch.tensor(0.25))
+    scaled = state.model.losses(state.nets, a, b, noise, scaled_setup)
     torch.testing.assert_close(scaled.metrics["kl"], 0.25 * full.metrics["kl"])
     for k in full.metrics:
         if k != "kl":

@@ -11,7 +11,7 @@ from bicycle.nn.discriminator import MultiScaleDiscriminator
 from bicycle.nn.encoder import ConvEncoder, ResNetEncoder
 from bicycle.plugins import get_plugins
 from bicycle.registry import GeneratorArgs
-from bicycle.train.build import resolve
+from bicycle.build import resolve
 from tiny import tiny_config
 
 BACKBONE_SIZES = {"unet": [32, 48, 64], "unet128": [128], "unet256": [256]}
@@ -102,7 +102,7 @@ def test_every_size_from_32_that_is_a_multiple_of_16_works_for_g_e_d():
     reg = _registry()
     for size in (32, 48, 80, 112, 160):
         cfg = resolve(tiny_config(**{"net.image_size": size}), reg)
-        from bicycle.train.build import build_networks
+        from bicycle.build import build_networks
         nets = build_networks(cfg, reg)
         a = torch.randn(2, 3, size, size)
         fake = nets.G(a, torch.randn(2, 8))

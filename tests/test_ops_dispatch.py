@@ -1,5 +1,7 @@
-"""The dispatcher: what auto picks, errors for impls that cannot run, envinfo's report."""
+"""The dispatcher: what auto picks, errors for impls that cannot run, check_impl, envinfo's report."""
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -8,8 +10,11 @@ from conftest_ops import use_triton_interpreter_without_cuda
 
 use_triton_interpreter_without_cuda()
 
-from bicycle import envinfo, ops  # noqa: E402
+from bicycle import envinfo, errors, ops  # noqa: E402
 from bicycle.kernels import _common  # noqa: E402
+from bicycle.kernels import reparam_kl as _reparam  # noqa: E402
+
+_NO_EXT = "the C++ extension bicycle._C is not available (No module named 'bicycle._C')"
 
 
 def _has_ext() -> bool:
@@ -72,6 +77,64 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ops.OpUnavailableError, match="take CUDA tensors, got cpu tensors"):
         ops.reparam_kl(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), impl="triton")
+
+
+def test_op_unavailable_error_is_a_bicycle_error():
+    assert ops.OpUnavailableError is errors.OpUnavailableError
+    assert issubclass(ops.OpUnavailableError, errors.BicycleError)
+    assert issubclass(ops.OpUnavailableError, RuntimeError)  # what callers caught before
+    with pytest.raises(errors.BicycleError, match="no Triton kernel"):
+        ops.resolve_impl("triton", "cuda", "prepare_batch")
+
+
+def _raises_one_line(impl: str, device_type: str, message: str) -> None:
+    with pytest.raises(ops.OpUnavailableError) as info:
+        ops.check_impl(impl, device_type)
+    assert str(info.value) == message
+
+
+def test_check_impl_auto_and_ref_never_raise(monkeypatch):
+    monkeypatch.setattr(ops, "_ext", lambda: (None, _NO_EXT))
+    monkeypatch.setattr(_common, "HAS_TRITON", False)
+    for impl in ("auto", "ref"):
+        for device_type in ("cpu", "cuda", "mps"):
+            assert ops.check_impl(impl, device_type) is None
+
+
+def test_check_impl_cpp(monkeypatch):
+    monkeypatch.setattr(ops, "_ext", lambda: (None, _NO_EXT))
+    _raises_one_line("cpp", "cpu", f"--impl cpp: unavailable on cpu tensors: {_NO_EXT}")
+    monkeypatch.setattr(ops, "_ext", lambda: (None, "bicycle._C is not available (undefined symbol:\n  _ZN2at6Tensor)"))
+    _raises_one_line("cpp", "cpu", "--impl cpp: unavailable on cpu tensors: bicycle._C is not available "
+                     "(undefined symbol: _ZN2at6Tensor)")
+    monkeypatch.setattr(ops, "_ext", lambda: (object(), None))
+    ops.check_impl("cpp", "cpu")
+    _raises_one_line("cpp", "cuda", "--impl cpp: unavailable on cuda tensors: the C++ ops take CPU tensors, "
+                     "got cuda tensors")
+
+
+def test_check_impl_triton(monkeypatch):
+    monkeypatch.setattr(_common, "HAS_TRITON", False)
+    _raises_one_line("triton", "cuda", "--impl triton: unavailable on cuda tensors: triton is not importable; "
+                     "pip install 'bicycle[triton]'")
+    monkeypatch.setattr(_common, "HAS_TRITON", True)
+    ops.check_impl("triton", "cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ops.OpUnavailableError, match=re.escape(
+            "--impl triton: unavailable on cpu tensors: the Triton kernels take CUDA tensors, got cpu tensors")):
+        ops.check_impl("triton", "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_reparam, "_fwd_kernel", object(), raising=False)  # a kernel not built for the interpreter
+    with pytest.raises(ops.OpUnavailableError, match="^--impl triton: unavailable on cpu tensors: "
+                       "TRITON_INTERPRET=1 was set after bicycle.kernels was imported"):
+        ops.check_impl("triton", "cpu")
+    monkeypatch.setattr(_common, "kernels_interpreted", lambda kernel: True)
+    ops.check_impl("triton", "cpu")
+
+
+def test_check_impl_rejects_unknown_impl():
+    with pytest.raises(ValueError, match="unknown impl 'fast'"):
+        ops.check_impl("fast", "cpu")
 
 
 def test_argument_errors_name_the_argument():

@@ -9,7 +9,9 @@ import pytest
 from bicycle import io
 from bicycle.config import ConfigError, PRESETS, replace, validate
 from bicycle.plugins import get_plugins
-from bicycle.train.build import base_lrs, build_networks, build_optimizers, lr_factor, resolve
+from bicycle.build import build_networks, resolve
+from bicycle.train.schedule import lr_factor
+from bicycle.train.state import base_lrs, build_optimizers
 from bicycle.train.loop import train
 from tiny import tiny_config
 

@@ -8,10 +8,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bicycle.kernels.lsgan import lsgan_ref
-from bicycle.models import MODELS, Objective, call_twice, draw_noise
+from bicycle.build import build_dataset, resolve
+from bicycle.losses import LossSetup
+from bicycle.models import MODELS, draw_noise
+from bicycle.nets import call_twice
 from bicycle.plugins import get_plugins
-from bicycle.train.build import build_dataset, build_networks, build_optimizers, resolve
-from bicycle.train.step import TrainState, train_step
+from bicycle.train.state import build_state
+from bicycle.train.step import train_step
 from tiny import tiny_config
 
 
@@ -20,10 +23,7 @@ def make_state(model: str = "bicycle", **over):
     reg = get_plugins().registry
     ds = build_dataset(cfg, reg, "train")
     cfg = resolve(cfg, reg, ds)
-    torch.manual_seed(0)
-    nets = build_networks(cfg, reg)
-    opts = build_optimizers(cfg, nets)
-    state = TrainState(nets, opts, MODELS[model], Objective(cfg.loss, cfg.net.gan_mode, "ref"))
+    state = build_state(cfg, reg, "cpu")
     a, b = ds.get_batch([0, 1, 2, 3])
     torch.manual_seed(1)
     noise = draw_noise(state.model, 4, cfg.net.nz, "cpu")
@@ -31,7 +31,7 @@ def make_state(model: str = "bicycle", **over):
 
 
 def _ge_grads(state, a, b, noise):
-    ge = state.model.objective(state.nets, a, b, noise, state.objective)
+    ge = state.model.losses(state.nets, a, b, noise, state.loss_setup)
     for _, m in state.nets.items():
         m.zero_grad(set_to_none=True)
     ge.loss.backward()
@@ -42,7 +42,7 @@ def _ge_grads(state, a, b, noise):
 def test_kl_is_a_sum_not_a_mean():
     state, a, b, noise, cfg = make_state()
     mu, logvar = state.nets.E(b[:2])
-    ge = state.model.objective(state.nets, a, b, noise, state.objective)
+    ge = state.model.losses(state.nets, a, b, noise, state.loss_setup)
     expected = -0.5 * cfg.loss.kl * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     torch.testing.assert_close(ge.metrics["kl"], expected)
 
@@ -51,7 +51,7 @@ def test_latent_loss_changes_g_gradients_and_never_e():
     state, a, b, noise, cfg = make_state()
     from dataclasses import replace
     _, with_z = _ge_grads(state, a, b, noise)
-    state.objective = Objective(replace(cfg.loss, z=0.0), "lsgan", "ref")
+    state.loss_setup = LossSetup(replace(cfg.loss, z=0.0), "lsgan", "ref")
     _, without_z = _ge_grads(state, a, b, noise)
     for g1, g2 in zip(with_z["E"], without_z["E"]):
         torch.testing.assert_close(g1, g2, rtol=0, atol=0)

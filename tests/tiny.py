@@ -18,18 +18,18 @@ def spy_kl_scales(monkeypatch, interrupt_after: int | None = None) -> list[float
     import os
     import signal
 
-    import bicycle.train.loop as loop
+    import bicycle.train.graph as graph
 
     seen: list[float | None] = []
-    real = loop.train_step
+    real = graph.train_step
 
     def step(state, *args, **kwargs):
         out = real(state, *args, **kwargs)
-        s = state.objective.kl_scale
+        s = state.loss_setup.kl_scale
         seen.append(None if s is None else float(s))
         if len(seen) == interrupt_after:
             os.kill(os.getpid(), signal.SIGINT)
         return out
 
-    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(graph, "train_step", step)
     return seen

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from bicycle.models import couples_samples
+from bicycle.nets import couples_samples
 from bicycle.testing.cases import GeneratorCase
 from bicycle.testing.report import CheckSkipped, ConformanceError
 

@@ -14,8 +14,9 @@ buffers instead (filled with :meth:`GraphedStep.set_noise`), for tests that inje
 The returned metrics are the graph's static outputs (0-dim device tensors): they hold the losses
 of the latest replay and are read on the host only when logged.
 
-On a device without CUDA graphs (``capture=False``) the same object runs the same body eagerly;
-that is how the CPU tests exercise the buffers, the learning-rate tensors and the noise plumbing.
+With ``capture=False`` (CPU, or ``--no-cuda-graphs``) the same object runs the same body eagerly,
+with torch's float learning rates: the training loop has this one step path on every device, and
+the CPU tests exercise its buffers and noise plumbing.
 Nothing here changes the mathematics of ``train_step``.
 """
 from __future__ import annotations
@@ -28,51 +29,11 @@ from torch import Tensor
 
 from bicycle.errors import ConfigError
 from bicycle.models import draw_noise
-from bicycle.train.step import TrainState, train_step
+from bicycle.train.execution import autocast, memory_format
+from bicycle.train.state import TrainState
+from bicycle.train.step import train_step
 
-CPU_EAGER_MESSAGE = "eager (CUDA graphs need a CUDA device)"
 DEFAULT_WARMUP = 3
-
-
-# -- options -------------------------------------------------------------------------------------
-
-def check_cuda_graphs(setting: bool | None, device: torch.device) -> None:
-    """An explicit request for CUDA graphs on a device without them is a usage error."""
-    if setting and device.type != "cuda":
-        raise ConfigError(f"--cuda-graphs needs a CUDA device, but the run uses {device.type!r}: "
-                          f"drop the flag or pass --no-cuda-graphs (the default there is eager)")
-
-
-def use_cuda_graphs(setting: bool | None, device: torch.device) -> tuple[bool, str | None]:
-    """(capture?, a one-time message or None). None means: on for CUDA, eager elsewhere (and say so)."""
-    check_cuda_graphs(setting, device)
-    if setting is None:
-        if device.type == "cuda":
-            return True, None
-        return False, CPU_EAGER_MESSAGE
-    return bool(setting), None
-
-
-def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``precision == "bf16"``, a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
-
-
-def memory_format(precision: str) -> torch.memory_format:
-    return torch.channels_last if precision == "bf16" else torch.contiguous_format
-
-
-def prepare_networks(nets, precision: str = "fp32", compile: bool = False) -> None:
-    """In place: channels_last for bf16; ``nn.Module.compile`` (state-dict keys unchanged) when asked."""
-    for _, m in nets.items():
-        if precision == "bf16":
-            m.to(memory_format=torch.channels_last)
-        if compile:
-            m.compile()
 
 
 # -- learning rates as device tensors ------------------------------------------------------------
@@ -152,19 +113,32 @@ class GraphedStep:
         self.static_noise = {k: torch.zeros(n, nz, device=self.device)
                              for k, n in state.model.noise_rows(self.batch_size).items()}
         self.base_lrs = dict(base_lrs)
-        self.lrs = lr_tensors(state.optimizers, self.device)
+        # capturable Adam reads device lrs inside the graph; eager steps keep torch's float lrs
+        self.lrs = lr_tensors(state.optimizers, self.device) if capture else None
         self.graph = None  # torch.cuda.CUDAGraph once captured
         self.calls = 0
         self.metrics: dict[str, Tensor] | None = None
         self.noise: dict[str, Tensor] = {}  # the noise of the latest call (static outputs once captured)
-        self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._side = torch.cuda.Stream(self.device) if capture else None  # warm-up off the capture stream
 
     @property
     def captured(self) -> bool:
         return self.graph is not None
 
     def set_lr_factor(self, factor: float) -> None:
-        set_lr(self.lrs, self.base_lrs, factor)
+        """lr = base * factor for every optimizer, before the next call (outside any graph)."""
+        if self.lrs is not None:
+            set_lr(self.lrs, self.base_lrs, factor)
+            return
+        for name, opt in self.state.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = self.base_lrs[name] * factor
+
+    def set_kl_factor(self, factor: float) -> None:
+        """lambda_KL's warm-up multiplier for the next call (a no-op without a warm-up tensor)."""
+        scale = self.state.loss_setup.kl_scale
+        if scale is not None:  # outside any graph: fill_ with a host scalar
+            scale.fill_(factor)
 
     def load(self, a: Tensor, b: Tensor) -> None:
         """Copy one batch into the static buffers (asynchronously from pinned memory)."""

@@ -2,32 +2,22 @@
 
 Capture-ready: static shapes, no host synchronisation (no .item(), no Python branch on tensor
 values); the losses are returned as 0-dim device tensors and read only when logged.
-Order: G and E step on the model's objective; then D and D2 step on the same fakes (detached) with
+Order: G and E step on the model's losses; then D and D2 step on the same fakes (detached) with
 the same weights the G/E update saw.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
 from torch import Tensor
 
-from bicycle.models import ModelSpec, Nets, Objective, call_twice
-from bicycle.objective import discriminator_loss
-
-
-@dataclass
-class TrainState:
-    nets: Nets
-    optimizers: dict[str, torch.optim.Optimizer]
-    model: ModelSpec
-    objective: Objective
+from bicycle.losses import discriminator_loss
+from bicycle.nets import call_twice
+from bicycle.train.state import TrainState
 
 
 def train_step(state: TrainState, a: Tensor, b: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
     """a: [N, Ca, S, S], b: [N, Cb, S, S], noise: per ``draw_noise``. Returns 0-dim detached losses."""
-    nets, opt = state.nets, state.optimizers
-    ge = state.model.objective(nets, a, b, noise, state.objective)
+    nets, opt, setup = state.nets, state.optimizers, state.loss_setup
+    ge = state.model.losses(nets, a, b, noise, setup)
     ge_names = [k for k in ("E", "G") if k in opt]
     for k in ge_names:
         opt[k].zero_grad(set_to_none=True)
@@ -40,7 +30,7 @@ def train_step(state: TrainState, a: Tensor, b: Tensor, noise: dict[str, Tensor]
     for name, fake, real in ge.d_pairs:
         disc = getattr(nets, name)
         pred_fake, pred_real = call_twice(disc, (fake.detach(),), (real,))
-        loss = discriminator_loss(pred_fake, pred_real, state.objective.gan_mode, state.objective.impl)
+        loss = discriminator_loss(pred_fake, pred_real, setup.gan_mode, setup.impl)
         metrics[name] = loss.detach()
         d_total = loss if d_total is None else d_total + loss
     d_names = [name for name, _, _ in ge.d_pairs]

@@ -1,20 +1,20 @@
-"""From a resolved RunConfig (+ the plugin registry) to networks, optimizers and datasets."""
+"""From a RunConfig (+ the plugin registry) to datasets, networks and a device: what training and
+inference share. Training's own state (optimizers, schedules) lives in :mod:`bicycle.train`."""
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
 
 import torch
 
 from bicycle.config import RunConfig, validate
 from bicycle.data.base import DatasetRequest
 from bicycle.errors import ConfigError, DataError
-from bicycle.models import MODELS, Nets
+from bicycle.models import MODELS
+from bicycle.nets import Nets
 from bicycle.nn.discriminator import MultiScaleDiscriminator
 from bicycle.nn.encoder import ENCODERS
 from bicycle.registry import DatasetSpec, GeneratorArgs, Registry
-
 
 def dataset_name(cfg: RunConfig) -> tuple[str, str | None]:
     """(dataset plugin name, path or None). An existing path wins over a dataset name."""
@@ -55,8 +55,12 @@ def build_eval_dataset(cfg: RunConfig, registry: Registry):
 
 
 def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -> RunConfig:
-    """Validate against the registry: known backbone/injector, supported size, dataset channels."""
+    """Validate against the registry: known backbone/injector, supported size, dataset channels, and that
+    the device and the fused-op impl asked for can run here (before anything slow)."""
+    from bicycle.ops import check_impl
+
     validate(cfg)
+    check_impl(cfg.train.impl, pick_device(cfg.train.device).type)
     backbone = registry.backbone(cfg.net.backbone)
     registry.injector(cfg.net.inject)
     dataset_spec(cfg, registry)
@@ -82,43 +86,6 @@ def build_networks(cfg: RunConfig, registry: Registry) -> Nets:
     D = disc()
     D2 = disc() if "D2" in model.discriminators else None
     return Nets(G=G, D=D, E=E, D2=D2)
-
-
-DISCRIMINATORS = frozenset({"D", "D2"})
-
-
-def base_lrs(cfg: RunConfig, names: Iterable[str]) -> dict[str, float]:
-    """The LR of each named network before the schedule: ``optim.lr_d`` for D and D2 when set, else ``optim.lr``."""
-    o = cfg.optim
-    return {n: o.lr_d if (n in DISCRIMINATORS and o.lr_d is not None) else o.lr for n in names}
-
-
-def build_optimizers(cfg: RunConfig, nets: Nets) -> dict[str, torch.optim.Adam]:
-    """Adam per network, on the networks' device; capturable on CUDA (the step count stays on the
-    device, so the update needs no host read and can be captured in a CUDA graph); the fused
-    implementation on a CPU (the same update, about 9% less time per 32-px demo step here)."""
-    o = cfg.optim
-    lrs = base_lrs(cfg, [name for name, _ in nets.items()])
-    out = {}
-    for name, m in nets.items():
-        cuda = next(m.parameters()).is_cuda
-        fast = {"capturable": True} if cuda else {"fused": True}
-        out[name] = torch.optim.Adam(m.parameters(), lr=lrs[name], betas=(o.beta1, o.beta2), **fast)
-    return out
-
-
-def lr_factor(step: int, total: int, decay_start: float) -> float:
-    """Constant, then linear decay to 0 over the last (1 - decay_start) of the steps. step counts from 0."""
-    start = int(total * decay_start)
-    if step < start:
-        return 1.0
-    return max(0.0, 1.0 - (step - start) / max(1, total - start))
-
-
-def kl_factor(step: int, total: int, warmup: float) -> float:
-    """lambda_KL's multiplier at ``step`` (from 0): (step + 1) / W over the first W = warmup * total steps, then 1."""
-    ramp = warmup * total
-    return 1.0 if ramp <= 1 else min(1.0, (step + 1) / ramp)
 
 
 def pick_device(requested: str) -> torch.device:

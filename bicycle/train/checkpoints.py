@@ -1,0 +1,33 @@
+"""Checkpoint files of a run: ``checkpoints/step_XXXXXXXX.safetensors`` (weights, optimizer state,
+config, data position), the ``latest`` pointer, and pruning to the newest few."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bicycle.config import RunConfig
+from bicycle.io import save_checkpoint, write_latest
+from bicycle.train.graph import host_lrs
+from bicycle.train.state import TrainState
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.safetensors"
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints."""
+    files = sorted(folder.glob("step_*.safetensors"))
+    for old in files[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def write_checkpoint(folder: Path, cfg: RunConfig, state: TrainState, step: int, data_position: tuple[int, int]) -> Path:
+    """Save ``state`` after ``step`` steps (``data_position``: (epoch, batch within epoch) of the next
+    batch), point ``latest`` at it and prune to ``cfg.train.keep_checkpoints``. Returns the file."""
+    epoch, offset = data_position
+    with host_lrs(state.optimizers):  # the graphed step keeps lrs as device tensors
+        path = save_checkpoint(folder / checkpoint_name(step), cfg, state.nets, step, state.optimizers,
+                               {"data_epoch": str(epoch), "data_offset": str(offset)})
+    write_latest(folder, path.name)
+    prune(folder, cfg.train.keep_checkpoints)
+    return path
