@@ -60,13 +60,13 @@ def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -
     from bicycle.ops import check_impl
 
     validate(cfg)
-    check_impl(cfg.train.impl, pick_device(cfg.train.device).type)
     backbone = registry.backbone(cfg.net.backbone)
     registry.injector(cfg.net.inject)
     dataset_spec(cfg, registry)
     problem = backbone.check_size(cfg.net.image_size)
     if problem:
         raise ConfigError(problem)
+    check_impl(cfg.train.impl, pick_device(cfg.train.device).type)
     if dataset is not None:
         net = dataclasses.replace(cfg.net, in_channels=dataset.a_channels, out_channels=dataset.b_channels)  # type: ignore[attr-defined]
         cfg = dataclasses.replace(cfg, net=net)

@@ -116,33 +116,31 @@ def bicycle_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s
     return GELosses(loss, metrics, [("D", fake_enc, b1), ("D2", fake_rand, b2)])
 
 
-def pix2pix_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s: LossSetup) -> GELosses:
-    w = s.weights
-    fake = nets.G(a, noise["z"])
+def _gan_l1(nets: Nets, fake: Tensor, b: Tensor, s: LossSetup) -> tuple[Tensor, Tensor]:
+    """lambda_GAN L_GAN(D, fake) (D frozen) and lambda_L1 L_1(fake, B): the baselines' shared terms."""
     with frozen(nets.D):
-        g_gan = w.gan * gan_loss(nets.D(fake), True, s.gan_mode, s.impl)
-    g_l1 = w.l1 * l1(fake, b)
+        g_gan = s.weights.gan * gan_loss(nets.D(fake), True, s.gan_mode, s.impl)
+    return g_gan, s.weights.l1 * l1(fake, b)
+
+
+def pix2pix_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s: LossSetup) -> GELosses:
+    fake = nets.G(a, noise["z"])
+    g_gan, g_l1 = _gan_l1(nets, fake, b, s)
     return GELosses(g_gan + g_l1, {"G_GAN": g_gan, "G_L1": g_l1}, [("D", fake, b)])
 
 
 def cae_gan_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s: LossSetup) -> GELosses:
-    w = s.weights
     mu, _ = nets.E(b)
     fake = nets.G(a, mu)
-    with frozen(nets.D):
-        g_gan = w.gan * gan_loss(nets.D(fake), True, s.gan_mode, s.impl)
-    g_l1 = w.l1 * l1(fake, b)
+    g_gan, g_l1 = _gan_l1(nets, fake, b, s)
     return GELosses(g_gan + g_l1, {"G_GAN": g_gan, "G_L1": g_l1}, [("D", fake, b)])
 
 
 def cvae_gan_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s: LossSetup) -> GELosses:
-    w = s.weights
     mu, logvar = nets.E(b)
     z, kl = s.encode(mu, logvar, noise["eps"])
     fake = nets.G(a, z)
-    with frozen(nets.D):
-        g_gan = w.gan * gan_loss(nets.D(fake), True, s.gan_mode, s.impl)
-    g_l1 = w.l1 * l1(fake, b)
+    g_gan, g_l1 = _gan_l1(nets, fake, b, s)
     return GELosses(g_gan + g_l1 + kl, {"G_GAN": g_gan, "G_L1": g_l1, "kl": kl}, [("D", fake, b)])
 
 

@@ -23,7 +23,8 @@ from bicycle.models import draw_noise
 from bicycle.plugins import get_plugins
 from bicycle.train.execution import (CPU_EAGER_MESSAGE, autocast, check_cuda_graphs, memory_format, prepare_networks,
                                      use_cuda_graphs)
-from bicycle.train.graph import GraphedStep, host_lrs, lr_tensors, set_lr
+from bicycle.train.checkpoints import host_lrs
+from bicycle.train.graph import GraphedStep, lr_tensors, set_lr
 from bicycle.train.schedule import lr_factor
 from bicycle.train.state import build_state
 from bicycle.train.step import train_step

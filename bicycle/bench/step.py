@@ -97,9 +97,9 @@ def measure_step(mode: str, cfg, device: str, precision: str, warmup: int, iters
     from bicycle.plugins import get_plugins
     from bicycle.train.data import BatchStream
     from bicycle.train.graph import GraphedStep
-    from bicycle.train.prefetch import Prefetcher
+    from bicycle.train.prefetch import for_device as prefetcher_for
     from bicycle.train.reference import reference_step
-    from bicycle.train.state import base_lrs, build_state
+    from bicycle.train.state import build_state
 
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -110,8 +110,7 @@ def measure_step(mode: str, cfg, device: str, precision: str, warmup: int, iters
     graphs = mode == "fast" and device == "cuda"
     state = build_state(cfg, registry, device, plain_adam=mode == "eager")
     a_shape, b_shape = (n, cfg.net.in_channels, s, s), (n, cfg.net.out_channels, s, s)
-    g = GraphedStep(state, a_shape, b_shape, cfg.net.nz, device, base_lrs(cfg, state.optimizers),
-                    precision=cfg.train.precision, capture=graphs)
+    g = GraphedStep(state, a_shape, b_shape, cfg.net.nz, device, precision=cfg.train.precision, capture=graphs)
     g.set_lr_factor(1.0)
     if mode == "eager":
         def compute():
@@ -120,7 +119,7 @@ def measure_step(mode: str, cfg, device: str, precision: str, warmup: int, iters
         def compute():
             return g.step()  # GraphedStep applies the precision's autocast itself
     cuda = device == "cuda"
-    batches = Prefetcher(BatchStream(dataset, n, cfg.train.seed), background=cuda, pin=cuda)
+    batches = prefetcher_for(BatchStream(dataset, n, cfg.train.seed), torch.device(device))
 
     def run_iter():
         g.load(*batches.next())
@@ -170,7 +169,7 @@ def measure_step(mode: str, cfg, device: str, precision: str, warmup: int, iters
         "kernels_per_iter": kernels, "wall_over_kernel_time": (med / kernel_ms) if kernel_ms else None,
         "peak_mem_bytes": peak, "data_ms_per_iter": statistics.median(data_ms),
         "data_fraction": statistics.median(data_ms) / med, "data_wait_ms_per_iter": wait_ms,
-        "data_wait_fraction": wait_ms / med, "prefetch": "background thread, pinned, depth 2" if cuda else "inline",
+        "data_wait_fraction": wait_ms / med, "prefetch": ("background thread, pinned, depth 2" + (", uint8 staging" if batches.uint8 else "")) if cuda else "inline",
         "tf32": _flags(device), "cudnn_benchmark": torch.backends.cudnn.benchmark if cuda else None,
         "iters": iters, "image_size": s, "backbone": cfg.net.backbone, "ngf": cfg.net.ngf,
         "dataset": f"aligned folder: {len(dataset)} random {cfg.net.in_channels}-channel PNG pairs, random crops + flips",

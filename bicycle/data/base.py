@@ -44,6 +44,8 @@ class PairedDataset(Protocol):
 
     ``__getitem__(i)`` -> (A [Ca, H, W], B [Cb, H, W]) float32 in [-1, 1].
     ``get_batch(indices)`` -> (A [N, Ca, H, W], B [N, Cb, H, W]); datasets may vectorise it.
+    Optional ``get_batch_uint8(indices)``: the same batch as uint8 in [0, 255] before ``x / 127.5 - 1``;
+    on CUDA the training loop then copies a quarter of the bytes and normalises on the device.
     Augmentation randomness is a function of (index, epoch), set with ``set_epoch``, so that a
     resumed run sees exactly the same data.
     """

@@ -2,11 +2,15 @@
 config, data position), the ``latest`` pointer, and pruning to the newest few."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 from bicycle.config import RunConfig
 from bicycle.io import save_checkpoint, write_latest
-from bicycle.train.graph import host_lrs
 from bicycle.train.state import TrainState
 
 
@@ -19,6 +23,23 @@ def prune(folder: Path, keep: int) -> None:
     files = sorted(folder.glob("step_*.safetensors"))
     for old in files[:-keep]:
         old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def host_lrs(optimizers: dict[str, torch.optim.Optimizer]) -> Iterator[None]:
+    """Temporarily show float lrs in the param groups (for state_dict / JSON checkpoints); the very
+    same tensors are put back, so a captured graph keeps reading them."""
+    saved = []
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            if isinstance(group["lr"], Tensor):
+                saved.append((group, group["lr"]))
+                group["lr"] = float(group["lr"])
+    try:
+        yield
+    finally:
+        for group, t in saved:
+            group["lr"] = t
 
 
 def write_checkpoint(folder: Path, cfg: RunConfig, state: TrainState, step: int, data_position: tuple[int, int]) -> Path:

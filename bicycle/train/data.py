@@ -30,7 +30,8 @@ class BatchStream:
         """(epoch, batch within epoch) of the next batch."""
         return divmod(self.step, self.per_epoch)
 
-    def next(self) -> tuple[Tensor, Tensor]:
+    def next(self, uint8: bool = False) -> tuple[Tensor, Tensor]:
+        """The next batch; ``uint8``: through the dataset's ``get_batch_uint8`` (see PairedDataset)."""
         epoch, k = self.position()
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -41,4 +42,4 @@ class BatchStream:
         assert self._perm is not None
         idx = self._perm[k * self.batch_size:(k + 1) * self.batch_size].tolist()
         self.step += 1
-        return self.dataset.get_batch(idx)
+        return self.dataset.get_batch_uint8(idx) if uint8 else self.dataset.get_batch(idx)

@@ -21,9 +21,6 @@ Nothing here changes the mathematics of ``train_step``.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor
 
@@ -64,23 +61,6 @@ def set_lr(tensors: dict[str, list[Tensor]], base_lrs: dict[str, float], factor:
             t.fill_(base_lrs[name] * factor)
 
 
-@contextlib.contextmanager
-def host_lrs(optimizers: dict[str, torch.optim.Optimizer]) -> Iterator[None]:
-    """Temporarily show float lrs in the param groups (for state_dict / JSON checkpoints); the very
-    same tensors are put back, so a captured graph keeps reading them."""
-    saved = []
-    for opt in optimizers.values():
-        for group in opt.param_groups:
-            if isinstance(group["lr"], Tensor):
-                saved.append((group, group["lr"]))
-                group["lr"] = float(group["lr"])
-    try:
-        yield
-    finally:
-        for group, t in saved:
-            group["lr"] = t
-
-
 # -- the graphed step ----------------------------------------------------------------------------
 
 class GraphedStep:
@@ -93,7 +73,7 @@ class GraphedStep:
     """
 
     def __init__(self, state: TrainState, a_shape: tuple[int, ...], b_shape: tuple[int, ...], nz: int,
-                 device: torch.device | str, base_lrs: dict[str, float], *, warmup: int = DEFAULT_WARMUP,
+                 device: torch.device | str, base_lrs: dict[str, float] | None = None, *, warmup: int = DEFAULT_WARMUP,
                  precision: str = "fp32", noise: str = "graph", capture: bool | None = None) -> None:
         self.state = state
         self.device = torch.device(device)
@@ -112,7 +92,7 @@ class GraphedStep:
         self.b = torch.zeros(b_shape, device=self.device).contiguous(memory_format=fmt)
         self.static_noise = {k: torch.zeros(n, nz, device=self.device)
                              for k, n in state.model.noise_rows(self.batch_size).items()}
-        self.base_lrs = dict(base_lrs)
+        self.base_lrs = dict(state.base_lrs if base_lrs is None else base_lrs)
         # capturable Adam reads device lrs inside the graph; eager steps keep torch's float lrs
         self.lrs = lr_tensors(state.optimizers, self.device) if capture else None
         self.graph = None  # torch.cuda.CUDAGraph once captured
@@ -141,19 +121,23 @@ class GraphedStep:
             scale.fill_(factor)
 
     def load(self, a: Tensor, b: Tensor) -> None:
-        """Copy one batch into the static buffers (asynchronously from pinned memory)."""
+        """Copy one batch into the static buffers (asynchronously from pinned memory); uint8 batches
+        (see :meth:`load_uint8`) are normalised on the device."""
         if a.shape != self.a.shape or b.shape != self.b.shape:
             raise ValueError(f"batch shapes {tuple(a.shape)}, {tuple(b.shape)} differ from the captured "
                              f"{tuple(self.a.shape)}, {tuple(self.b.shape)} (the batch size must stay fixed)")
+        if a.dtype == torch.uint8:
+            self.load_uint8(a, b)
+            return
         self.a.copy_(a, non_blocking=True)
         self.b.copy_(b, non_blocking=True)
 
-    def load_uint8(self, a: Tensor, b: Tensor, staging: dict[str, Tensor] | None = None) -> None:
-        """uint8 [N, C, S, S] images in [0, 255] -> static float buffers in [-1, 1], converted on the device
-        (a quarter of the bytes over the host link)."""
+    def load_uint8(self, a: Tensor, b: Tensor) -> None:
+        """uint8 [N, C, S, S] images in [0, 255] -> static float buffers in [-1, 1] as ``x / 127.5 - 1`` (the
+        data path's own formula, so the values equal the float batch's), converted on the device: a
+        quarter of the bytes over the host link."""
         for src, dst in ((a, self.a), (b, self.b)):
-            dev = src.to(self.device, non_blocking=True)
-            dst.copy_(dev).mul_(2.0 / 255.0).sub_(1.0)
+            dst.copy_(src.to(self.device, non_blocking=True)).div_(127.5).sub_(1.0)
 
     def set_noise(self, noise: dict[str, Tensor]) -> None:
         """Static-noise mode only: copy eps/z into the buffers the graph reads."""

@@ -19,11 +19,11 @@ from bicycle.train.checkpoints import write_checkpoint
 from bicycle.train.data import BatchStream
 from bicycle.train.execution import use_cuda_graphs
 from bicycle.train.graph import GraphedStep
-from bicycle.train.prefetch import Prefetcher
+from bicycle.train.prefetch import for_device as prefetcher_for
 from bicycle.train.progress import Progress, fmt_duration
 from bicycle.train.samples import ProgressGrids, final_report
 from bicycle.train.schedule import kl_factor, lr_factor
-from bicycle.train.state import TrainState, base_lrs, build_state
+from bicycle.train.state import TrainState, build_state
 
 
 @dataclass
@@ -102,8 +102,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     grids = ProgressGrids(val, cfg.net.nz, cfg.train.seed, sample_dir, cfg.train.steps)
 
     total = cfg.train.steps
-    cuda = device.type == "cuda"
-    batches = Prefetcher(BatchStream(dataset, cfg.train.batch_size, cfg.train.seed, start), background=cuda, pin=cuda)
+    batches = prefetcher_for(BatchStream(dataset, cfg.train.batch_size, cfg.train.seed, start), device)
     progress = Progress(total, start)
     plugins.notify("bicycle_train_start", config=cfg, run_dir=run_dir, start_step=start)
     if graphs_note:
@@ -164,4 +163,4 @@ def _stepper(cfg: RunConfig, state: TrainState, device: torch.device, graphs: bo
     """The one step path: captured and replayed when ``graphs``, the same body eagerly otherwise."""
     s, n = cfg.net.image_size, cfg.train.batch_size
     return GraphedStep(state, (n, cfg.net.in_channels, s, s), (n, cfg.net.out_channels, s, s), cfg.net.nz, device,
-                       base_lrs(cfg, state.optimizers), precision=cfg.train.precision, capture=graphs)
+                       precision=cfg.train.precision, capture=graphs)

@@ -1,7 +1,8 @@
 """The training loop's batch source: :class:`BatchStream` batches made ahead of the step that uses them.
 
 On CUDA a background thread makes the next batches (``depth`` 2: double-buffered) and pins them, so
-that making a batch overlaps the replayed step and the copy into the step's buffers is asynchronous.
+that making a batch overlaps the replayed step and the copy into the step's buffers is asynchronous;
+with ``uint8`` (a dataset with ``get_batch_uint8``) the staged batches are uint8, normalised on the device.
 On a CPU the batch is made when it is asked for: there the step and the data share the same cores.
 Either way the batches and their order are those of the stream, and :meth:`Prefetcher.position`
 counts the batches *consumed*, not those made ahead, so a checkpoint resumes at the right batch.
@@ -12,6 +13,7 @@ import queue
 import threading
 import time
 
+import torch
 from torch import Tensor
 
 from bicycle.train.data import BatchStream
@@ -19,11 +21,23 @@ from bicycle.train.data import BatchStream
 _STOP_POLL_S = 0.1
 
 
+def options_for(dataset: object, device: torch.device) -> dict[str, bool]:
+    """The loop's choice: on CUDA a background thread, pinned memory and uint8 staging where the dataset
+    offers it; elsewhere inline float batches."""
+    cuda = device.type == "cuda"
+    return {"background": cuda, "pin": cuda, "uint8": cuda and hasattr(dataset, "get_batch_uint8")}
+
+
+def for_device(stream: BatchStream, device: torch.device) -> Prefetcher:
+    return Prefetcher(stream, **options_for(stream.dataset, device))
+
+
 class Prefetcher:
     """``next()`` -> (A [B, Ca, S, S], B [B, Cb, S, S]); ``wait_s``: seconds ``next()`` spent waiting."""
 
-    def __init__(self, stream: BatchStream, *, background: bool, pin: bool = False, depth: int = 2) -> None:
-        self.stream, self.pin = stream, pin
+    def __init__(self, stream: BatchStream, *, background: bool, pin: bool = False, uint8: bool = False,
+                 depth: int = 2) -> None:
+        self.stream, self.pin, self.uint8 = stream, pin, uint8
         self.consumed = stream.step
         self.wait_s = 0.0
         self._queue: queue.Queue | None = None
@@ -35,7 +49,7 @@ class Prefetcher:
             self._thread.start()
 
     def _make(self) -> tuple[Tensor, Tensor]:
-        a, b = self.stream.next()
+        a, b = self.stream.next(uint8=self.uint8)
         return (a.pin_memory(), b.pin_memory()) if self.pin else (a, b)
 
     def _produce(self) -> None:

@@ -20,10 +20,13 @@ DISCRIMINATORS = frozenset({"D", "D2"})
 
 @dataclass
 class TrainState:
+    """``base_lrs``: each optimizer's learning rate before the schedule (see :func:`base_lrs`)."""
+
     nets: Nets
     optimizers: dict[str, torch.optim.Optimizer]
     model: ModelSpec
     loss_setup: LossSetup
+    base_lrs: dict[str, float]
 
 
 def base_lrs(cfg: RunConfig, names: Iterable[str]) -> dict[str, float]:
@@ -60,4 +63,4 @@ def build_state(cfg: RunConfig, registry: Registry, device: torch.device | str, 
     # lambda_KL's warm-up multiplier: a device tensor refilled before each step (None: constant, as the paper)
     kl_scale = torch.ones((), device=device) if cfg.loss.kl_warmup > 0 else None
     setup = LossSetup(cfg.loss, cfg.net.gan_mode, cfg.train.impl, kl_scale)
-    return TrainState(nets, optimizers, MODELS[cfg.train.model], setup)
+    return TrainState(nets, optimizers, MODELS[cfg.train.model], setup, base_lrs(cfg, optimizers))
