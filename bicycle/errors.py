@@ -1,24 +1,58 @@
-"""Error types. Every user-facing error names the thing that is wrong."""
+"""Error types. Every user-facing error names the thing that is wrong; the CLI prints it as one line
+and exits with the class's ``exit_code`` (the table in the README)."""
+
+# Exit codes besides the errors' own: a run stopped by Ctrl-C (SIGINT) or SIGTERM, as shells report them.
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class BicycleError(Exception):
     """Base class for errors bicycle reports to the user as one clear line."""
 
+    exit_code = 1
+
 
 class ConfigError(BicycleError, ValueError):
     """An invalid configuration value or combination; the CLI reports it as a usage error."""
+
+    exit_code = 2
 
 
 class DataError(BicycleError):
     """A dataset that cannot be used: missing or empty folder, unreadable image, wrong layout."""
 
+    exit_code = 3
 
-class PluginError(BicycleError):
-    """A plugin problem: duplicate name, unknown component, failing import or hook."""
+
+class MissingSplitError(DataError):
+    """A dataset without the split asked for (e.g. a folder with ``train/`` but no ``val/``): the one
+    DataError after which evaluation falls back to the train split. ``root`` names the dataset."""
+
+    def __init__(self, message: str, root: str = "") -> None:
+        super().__init__(message)
+        self.root = root
 
 
 class CheckpointError(BicycleError):
     """A checkpoint that cannot be loaded: missing/unexpected tensors, config mismatch, bad file."""
+
+    exit_code = 4
+
+
+class NonFiniteError(CheckpointError):
+    """Weights or optimizer state holding NaN or inf: refused when written and when loaded."""
+
+
+class PluginError(BicycleError):
+    """A plugin problem: duplicate name, unknown component, failing import or hook."""
+
+    exit_code = 5
+
+
+class TrainingDiverged(BicycleError):
+    """A training run whose losses became non-finite: stopped, no checkpoint written after it."""
+
+    exit_code = 6
 
 
 class OpUnavailableError(BicycleError, RuntimeError):
@@ -26,3 +60,11 @@ class OpUnavailableError(BicycleError, RuntimeError):
 
     Also a RuntimeError, as it was before it joined this hierarchy, so ``except RuntimeError`` still catches it.
     """
+
+    exit_code = 7
+
+
+class StorageError(BicycleError):
+    """A run dir or output path that cannot be written: permission, read-only, disk full."""
+
+    exit_code = 8

@@ -8,6 +8,7 @@ Metadata (strings): format, config (JSON), step, data position, optimizer param 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -21,21 +22,34 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from bicycle.config import RunConfig
-from bicycle.errors import CheckpointError, ConfigError
+from bicycle.errors import CheckpointError, ConfigError, NonFiniteError
 from bicycle.nets import Nets
 
 FORMAT = "bicycle-checkpoint/1"
 LATEST = "latest"
 
 
+TMP_SUFFIX = ".tmp"
+
+
+@functools.cache
+def _file_mode() -> int:
+    """0o666 minus the process umask: what ``open`` would give a new file (mkstemp gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_replace(path: Path, write: Callable[[str], None]) -> None:
     """Write through ``write(tmp_path)`` to a temporary file in the same folder, fsync it, rename it
-    over ``path`` and fsync the folder: ``path`` is always either the old or the complete new file."""
+    over ``path`` and fsync the folder: ``path`` is always either the old or the complete new file.
+    The temporary file is ``.<name>.<random>.tmp`` (:func:`remove_stale_temporaries` clears leftovers)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -50,6 +64,14 @@ def _atomic_replace(path: Path, write: Callable[[str], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes left in ``folder``; returns them."""
+    stale = sorted(folder.glob(f".*{TMP_SUFFIX}")) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -77,10 +99,17 @@ def _state_tensors(nets: Nets) -> dict[str, Tensor]:
     return out
 
 
+def nonfinite_tensors(tensors: dict[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors (weights, optimizer state; not RNG states) holding NaN or inf."""
+    return sorted(k for k, t in tensors.items()
+                  if not k.startswith("rng.") and t.is_floating_point() and not bool(torch.isfinite(t).all()))
+
+
 def save_checkpoint(path: Path, config: RunConfig, nets: Nets, step: int,
                     optimizers: dict[str, torch.optim.Optimizer] | None = None,
                     extra_meta: dict[str, str] | None = None) -> Path:
-    """Write a checkpoint atomically: a good file is never replaced by a partial one."""
+    """Write a checkpoint atomically: a good file is never replaced by a partial one. Non-finite weights or
+    optimizer state are refused (:class:`NonFiniteError`): a diverged run never overwrites good checkpoints."""
     tensors = _state_tensors(nets)
     meta = {"format": FORMAT, "config": config.to_json(), "step": str(step)}
     if optimizers is not None:
@@ -95,6 +124,9 @@ def save_checkpoint(path: Path, config: RunConfig, nets: Nets, step: int,
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta.update(extra_meta or {})
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise NonFiniteError(f"refusing to write {path} at step {step}: non-finite values in {_names(bad)}")
     _atomic_save_tensors(path, tensors, meta)
     return path
 
@@ -105,9 +137,15 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     if p.is_dir():
         folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
         latest = folder / LATEST
-        if not latest.is_file():
+        # every step_*.safetensors is complete (written atomically); `latest` may lag one behind after a
+        # crash between the rename and its own update, so the newest file wins
+        files = sorted(folder.glob("step_*.safetensors"))
+        if files:
+            p = files[-1]
+        elif latest.is_file():
+            p = folder / latest.read_text().strip()
+        else:
             raise CheckpointError(f"no checkpoint in {p}: {latest} does not exist")
-        p = folder / latest.read_text().strip()
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
     return p
@@ -129,6 +167,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         config = RunConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, ValueError, ConfigError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {p} has an unreadable config: {exc}") from exc
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise NonFiniteError(f"checkpoint {p} holds non-finite values (NaN or inf) in {_names(bad)}: the run had "
+                             f"diverged when it was written; use an earlier checkpoint")
     return Checkpoint(p, config, int(meta.get("step", 0)), tensors, meta)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import replace as dc_replace
 
 import pytest
@@ -433,3 +434,19 @@ def test_gpu_vi_replay_reads_the_refilled_kl_scale(strict_fp32):
     _restore(state, snap)
     scale.fill_(0.25)
     torch.testing.assert_close(g.replay()["kl"], 0.25 * full, rtol=1e-5, atol=0)
+
+
+@pytest.mark.gpu
+def test_gpu_vii_the_divergence_guard_records_inside_the_captured_graph():
+    """A non-finite batch in the static buffers makes the replayed step's losses non-finite: the guard's
+    device counters, updated inside the graph, name that step without any host read during replay."""
+    state, a, b, cfg, _ = _gpu_state()
+    g = _captured(state, a, b, cfg, noise="graph")  # warm-up + capture + one replay: 4 steps
+    assert state.guard is not None and state.guard.first_bad() is None and int(state.guard.steps) == 4
+    g.replay()
+    g.a.fill_(float("nan"))
+    g.replay()
+    g.replay()
+    bad = state.guard.first_bad()
+    assert bad is not None and bad.step == 6 and int(state.guard.steps) == 7
+    assert bad.losses and all(math.isnan(v) or math.isinf(v) for v in bad.losses.values())

@@ -310,5 +310,5 @@ def test_eval_with_a_bad_weights_file_is_one_clear_line(run, tmp_path):
     alex_file(tmp_path / "alex.safetensors", drop="lin4.model.1.weight")
     result = invoke("eval", "--checkpoint", str(run), "--inputs", "2", "--samples", "2",
                     "--lpips-weights", str(tmp_path / "alex.safetensors"))
-    assert result.exit_code == 1
+    assert result.exit_code == CheckpointError.exit_code
     assert "--lpips-weights" in result.output and "lin4.model.1.weight" in result.output

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 
 def fmt_duration(seconds: float) -> str:
@@ -13,8 +14,9 @@ def fmt_duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, start: int = 0, stream=None) -> None:
-        self.total, self.start = total, start
+    def __init__(self, total: int, start: int = 0, stream=None, log: Callable[[str], None] | None = None) -> None:
+        """``log``: also receives every update and message as a plain line (the run's train.log)."""
+        self.total, self.start, self.log = total, start, log
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
@@ -36,6 +38,8 @@ class Progress:
         bar = "#" * done + "-" * (width - done)
         losses = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
         line = f"[{bar}] {step}/{self.total}  {losses}  {self.rate(step):.3f} s/step  ETA {fmt_duration(self.eta(step))}"
+        if self.log is not None:
+            self.log(line)
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K")
         else:
@@ -48,6 +52,8 @@ class Progress:
             self.stream.flush()
 
     def message(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
         if self.tty:
             self.stream.write("\r\x1b[K")
         self.stream.write(text + "\n")

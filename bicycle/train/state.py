@@ -14,19 +14,22 @@ from bicycle.models import MODELS, ModelSpec
 from bicycle.nets import Nets
 from bicycle.registry import Registry
 from bicycle.train.execution import prepare_networks
+from bicycle.train.guard import DivergenceGuard
 
 DISCRIMINATORS = frozenset({"D", "D2"})
 
 
 @dataclass
 class TrainState:
-    """``base_lrs``: each optimizer's learning rate before the schedule (see :func:`base_lrs`)."""
+    """``base_lrs``: each optimizer's learning rate before the schedule (see :func:`base_lrs`); ``guard``:
+    notices the first non-finite step (None: unguarded, e.g. the benchmarks' reference)."""
 
     nets: Nets
     optimizers: dict[str, torch.optim.Optimizer]
     model: ModelSpec
     loss_setup: LossSetup
     base_lrs: dict[str, float]
+    guard: DivergenceGuard | None = None
 
 
 def base_lrs(cfg: RunConfig, names: Iterable[str]) -> dict[str, float]:
@@ -63,4 +66,4 @@ def build_state(cfg: RunConfig, registry: Registry, device: torch.device | str, 
     # lambda_KL's warm-up multiplier: a device tensor refilled before each step (None: constant, as the paper)
     kl_scale = torch.ones((), device=device) if cfg.loss.kl_warmup > 0 else None
     setup = LossSetup(cfg.loss, cfg.net.gan_mode, cfg.train.impl, kl_scale)
-    return TrainState(nets, optimizers, MODELS[cfg.train.model], setup, base_lrs(cfg, optimizers))
+    return TrainState(nets, optimizers, MODELS[cfg.train.model], setup, base_lrs(cfg, optimizers), DivergenceGuard(device))

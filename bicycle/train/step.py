@@ -40,4 +40,6 @@ def train_step(state: TrainState, a: Tensor, b: Tensor, noise: dict[str, Tensor]
         d_total.backward()
     for k in d_names:
         opt[k].step()
+    if state.guard is not None:
+        state.guard.record(metrics)
     return metrics

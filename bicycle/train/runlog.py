@@ -1,0 +1,36 @@
+"""``RUN/train.log``: a plain-text copy of what the console showed during training (appended on resume)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+LOG_NAME = "train.log"
+
+
+class RunLog:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOG_NAME
+        self._file: TextIO | None = open(self.path, "a", buffering=1, encoding="utf-8")
+
+    def write(self, line: str) -> None:
+        if self._file is not None:
+            self._file.write(line.rstrip("\n") + "\n")
+
+    def tee(self, echo: Callable[[str], None]) -> Callable[[str], None]:
+        """``echo`` that also writes each line here."""
+        def both(line: str) -> None:
+            echo(line)
+            self.write(line)
+        return both
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
