@@ -2,14 +2,17 @@
 inference share. Training's own state (optimizers, schedules) lives in :mod:`bicycle.train`."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
+from collections.abc import Callable, Iterator
 
 import torch
 
 from bicycle.config import RunConfig, validate
 from bicycle.data.base import DatasetRequest
-from bicycle.errors import ConfigError, DataError
+from bicycle.errors import BicycleError, ConfigError, DataError, MissingSplitError, PluginError
 from bicycle.models import MODELS
 from bicycle.nets import Nets
 from bicycle.nn.discriminator import MultiScaleDiscriminator
@@ -31,7 +34,8 @@ def dataset_request(cfg: RunConfig, split: str) -> DatasetRequest:
     train = split == "train"
     return DatasetRequest(split=split, image_size=cfg.net.image_size, path=path, direction=cfg.data.direction,  # type: ignore[arg-type]
                           flip=cfg.data.flip and train, load_size=cfg.data.load_size, seed=cfg.train.seed,
-                          options=(("modes", cfg.data.modes), ("impl", cfg.train.impl)))
+                          options=(("modes", cfg.data.modes), ("impl", cfg.train.impl),
+                                   ("bad_images", cfg.data.bad_images)))
 
 
 def dataset_spec(cfg: RunConfig, registry: Registry) -> DatasetSpec:
@@ -43,15 +47,26 @@ def dataset_spec(cfg: RunConfig, registry: Registry) -> DatasetSpec:
 
 
 def build_dataset(cfg: RunConfig, registry: Registry, split: str):
-    return dataset_spec(cfg, registry).build(dataset_request(cfg, split))
+    name, _ = dataset_name(cfg)
+    spec = dataset_spec(cfg, registry)
+    with plugin_code(registry.plugin_of("dataset", name), f"dataset {name!r}"):
+        return spec.build(dataset_request(cfg, split))
 
 
-def build_eval_dataset(cfg: RunConfig, registry: Registry):
-    """The val split, or the train split for datasets without one (e.g. a folder of images only)."""
+def _note(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def build_eval_dataset(cfg: RunConfig, registry: Registry, purpose: str = "the evaluation", *,
+                       echo: Callable[[str], None] = _note, train: object | None = None):
+    """The val split; for a dataset without one (:class:`MissingSplitError`: a folder with ``train/`` only),
+    the train split (``train`` when already built), said in one line through ``echo`` naming ``purpose``.
+    Any other problem with the val split (a bad file in ``val/``) is raised, never papered over."""
     try:
         return build_dataset(cfg, registry, "val")
-    except DataError:
-        return build_dataset(cfg, registry, "train")
+    except MissingSplitError as e:
+        echo(f"note: {e.root or cfg.data.data} has no val/ folder: using train/ for {purpose}")
+    return train if train is not None else build_dataset(cfg, registry, "train")
 
 
 def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -> RunConfig:
@@ -66,7 +81,9 @@ def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -
     problem = backbone.check_size(cfg.net.image_size)
     if problem:
         raise ConfigError(problem)
-    check_impl(cfg.train.impl, pick_device(cfg.train.device).type)
+    device = pick_device(cfg.train.device)
+    check_cuda_graphs(cfg.train.cuda_graphs, device)
+    check_impl(cfg.train.impl, device.type)
     if dataset is not None:
         net = dataclasses.replace(cfg.net, in_channels=dataset.a_channels, out_channels=dataset.b_channels)  # type: ignore[attr-defined]
         cfg = dataclasses.replace(cfg, net=net)
@@ -77,7 +94,11 @@ def build_networks(cfg: RunConfig, registry: Registry) -> Nets:
     """G, E (if the model uses one), D and D2 (bicycle only), on the CPU, initialised."""
     n, model = cfg.net, MODELS[cfg.train.model]
     g_args = GeneratorArgs(n.in_channels, n.out_channels, n.nz, n.image_size, n.ngf, n.norm, n.upsample, n.dropout)
-    G = registry.backbone(n.backbone).build(g_args, registry.injector(n.inject))
+    with plugin_code(registry.plugin_of("backbone", n.backbone), f"backbone {n.backbone!r}"):
+        G = registry.backbone(n.backbone).build(g_args, registry.injector(n.inject))
+    if not isinstance(G, torch.nn.Module):
+        raise PluginError(f"plugin {registry.plugin_of('backbone', n.backbone)!r}: backbone {n.backbone!r} built a "
+                          f"{type(G).__name__}, not a torch.nn.Module")
 
     def disc() -> MultiScaleDiscriminator:
         return MultiScaleDiscriminator(n.out_channels, n.image_size, n.ndf, n.d_layers, n.d_scales, n.norm)
@@ -88,10 +109,47 @@ def build_networks(cfg: RunConfig, registry: Registry) -> Nets:
     return Nets(G=G, D=D, E=E, D2=D2)
 
 
+def check_channels(dataset, cfg: RunConfig) -> None:
+    """A dataset given to a trained model (``sample --data``, ``eval --data``) has the channels it was trained on."""
+    got = (dataset.a_channels, dataset.b_channels)
+    want = (cfg.net.in_channels, cfg.net.out_channels)
+    if got != want:
+        raise DataError(f"dataset {cfg.data.data!r} has {got[0]}->{got[1]} channels; the model was trained on "
+                        f"{want[0]}->{want[1]}")
+
+
+@contextlib.contextmanager
+def plugin_code(plugin: str, what: str) -> Iterator[None]:
+    """Code a plugin supplied (a component's ``build``): bicycle's own errors pass, anything else it raises
+    (or a ``sys.exit``) becomes a PluginError naming the plugin."""
+    try:
+        yield
+    except BicycleError:
+        raise
+    except (Exception, SystemExit) as exc:
+        why = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+        raise PluginError(f"plugin {plugin!r}: building {what} failed: {why}") from exc
+
+
+def check_cuda_graphs(setting: bool | None, device: torch.device) -> None:
+    """An explicit request for CUDA graphs on a device without them is a usage error."""
+    if setting and device.type != "cuda":
+        raise ConfigError(f"--cuda-graphs needs a CUDA device, but the run uses {device.type!r}: "
+                          f"drop the flag or pass --no-cuda-graphs (the default there is eager)")
+
+
 def pick_device(requested: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; anything else is a ConfigError."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(requested)
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {requested!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {requested!r} is not supported: use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {requested!r} requested but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {requested!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev

@@ -2,13 +2,14 @@
 non-zero exit (usage errors exit 2)."""
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from bicycle.errors import BicycleError, ConfigError
+from bicycle.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, BicycleError, ConfigError
 
 PRESET_NOTES = {
     "demo": "small and fast: 32 px shapes, calibrated to finish within 10 minutes on an idle 2-core CPU",
@@ -21,8 +22,13 @@ def _run(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo("interrupted (Ctrl-C): stopped at once; checkpoints already written are kept", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except BicycleError as exc:
-        raise click.ClickException(str(exc)) from exc
+        err = click.ClickException(str(exc))
+        err.exit_code = exc.exit_code
+        raise err from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +48,7 @@ _TRAIN_KEYS = {
     "lambda_kl": "loss.kl", "kl_warmup": "loss.kl_warmup", "lambda_z": "loss.z", "log_every": "train.log_every",
     "sample_every": "train.sample_every", "checkpoint_every": "train.checkpoint_every",
     "cuda_graphs": "train.cuda_graphs", "precision": "train.precision", "compile": "train.compile",
+    "bad_images": "data.bad_images",
 }
 
 
@@ -73,6 +80,8 @@ _TRAIN_KEYS = {
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]))
 @click.option("--load-size", type=int, help="resize to this before random crops (folders)")
 @click.option("--flip/--no-flip", default=None, help="random horizontal flips (folders)")
+@click.option("--bad-images", type=click.Choice(["error", "skip"]),
+              help="files the start-up check cannot decode: error (default) names them and stops; skip trains without them, listed in RUN/bad_images.txt")
 @click.option("--lr", type=float)
 @click.option("--lr-d", type=float, help="learning rate of D and D2 (default: --lr)")
 @click.option("--lambda-l1", type=float)
@@ -98,48 +107,28 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 
 def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool, flags: dict) -> None:
-    from bicycle.config import PRESETS, replace, validate
     from bicycle.plugins import get_plugins
-    from bicycle.build import build_dataset, resolve
+    from bicycle.preflight import check_resume_steps, check_train
 
-    overrides = {_TRAIN_KEYS[k]: v for k, v in flags.items() if v is not None}
     registry = get_plugins().registry
     if resume_dir is not None:
         from bicycle.io import load_checkpoint
-        from bicycle.train.loop import resume_config
-        stored = load_checkpoint(resume_dir).config
-        given = {_TRAIN_KEYS[k] for k in flags if flags[k] is not None and _given(ctx, k)}
-        if _given(ctx, "preset") and preset != stored.preset:
-            raise ConfigError(f"--resume may only change --steps, the device and logging flags; differs: preset "
-                              f"(run: {stored.preset!r}, requested: {preset!r})")
-        requested = replace(stored, {k: overrides[k] for k in given})
-        cfg = resume_config(stored, requested, given)
-        click.echo(f"bicycle train: resuming {resume_dir} (preset {cfg.preset}) at step "
-                   f"{load_checkpoint(resume_dir).step} of {cfg.train.steps}")
+        ckpt = load_checkpoint(resume_dir)
+        cfg = _resumed_config(ctx, preset, run_dir, resume_dir, ckpt.config, flags)
+        check_resume_steps(cfg, ckpt.step)
+        click.echo(f"bicycle train: resuming {resume_dir} (preset {cfg.preset}) at step {ckpt.step} of {cfg.train.steps}")
         run_dir = resume_dir
     else:
-        cfg = PRESETS[preset]
-        backbone = overrides.get("net.backbone")
-        if backbone and "net.image_size" not in overrides:
-            implied = registry.backbone(backbone).default_image_size
-            if implied:
-                overrides["net.image_size"] = implied
-        cfg = validate(replace(cfg, overrides))
+        cfg = _new_config(preset, flags, registry)
         click.echo(f"bicycle train: preset {preset} ({PRESET_NOTES[preset]})")
-    if cfg.train.cuda_graphs:
-        from bicycle.build import pick_device
-        from bicycle.train.execution import check_cuda_graphs
-        check_cuda_graphs(True, pick_device(cfg.train.device))
     if dry_run:
-        cfg = resolve(cfg, registry)
-        click.echo(cfg.to_json())
+        from bicycle.build import resolve
+        click.echo(resolve(cfg, registry).to_json())
         return
     if run_dir is None:
         run_dir = Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    elif resume_dir is None and (run_dir / "checkpoints" / "latest").exists():
-        raise ConfigError(f"run dir {run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --run-dir")
-    # Build (and check) the dataset before anything slow, so bad data fails first.
-    build_dataset(cfg, registry, "train")
+    cfg = check_train(cfg, registry, run_dir, resume=resume_dir is not None)
+    # The loop checks both splits of the data before it writes anything: bad data fails first.
     from bicycle.train.loop import train as run_training
     click.echo(f"model {cfg.train.model}, backbone {cfg.net.backbone}, inject {cfg.net.inject}, "
                f"{cfg.net.image_size} px, batch {cfg.train.batch_size}, {cfg.train.steps} steps, data {cfg.data.data}; "
@@ -147,7 +136,35 @@ def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Pa
     result = run_training(cfg, run_dir, resume=resume_dir is not None, echo=click.echo)
     click.echo(f"done in {result.seconds / 60:.1f} min; run dir {result.run_dir}")
     if result.interrupted:
-        sys.exit(130)
+        sys.exit(EXIT_TERMINATED if result.signal == signal.SIGTERM else EXIT_INTERRUPTED)
+
+
+def _new_config(preset: str, flags: dict, registry):
+    from bicycle.config import PRESETS, replace, validate
+
+    overrides = {_TRAIN_KEYS[k]: v for k, v in flags.items() if v is not None}
+    backbone = overrides.get("net.backbone")
+    if backbone and "net.image_size" not in overrides:
+        implied = registry.backbone(backbone).default_image_size
+        if implied:
+            overrides["net.image_size"] = implied
+    return validate(replace(PRESETS[preset], overrides))
+
+
+def _resumed_config(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path, stored, flags: dict):
+    """The stored config with the flags a resume may change; a different preset or run dir is an error."""
+    from bicycle.config import replace, validate
+    from bicycle.preflight import resume_config
+
+    if run_dir is not None and run_dir.absolute() != resume_dir.absolute():
+        raise ConfigError(f"--resume {resume_dir} continues that run in place; --run-dir {run_dir} names another "
+                          f"folder (drop --run-dir, or copy the run there and resume that)")
+    if _given(ctx, "preset") and preset != stored.preset:
+        raise ConfigError(f"--resume may only change --steps, the device and logging flags; differs: preset "
+                          f"(run: {stored.preset!r}, requested: {preset!r})")
+    given = {_TRAIN_KEYS[k] for k in flags if flags[k] is not None and _given(ctx, k)}
+    requested = replace(stored, {k: flags[k2] for k2 in flags for k in [_TRAIN_KEYS[k2]] if k in given})
+    return validate(resume_config(stored, requested, given))
 
 
 @main.command()
@@ -167,7 +184,9 @@ def sample(checkpoint: str, input_path: Path | None, data: str | None, samples: 
         raise click.UsageError("give exactly one of --input IMAGE_OR_DIR or --data NAME|PATH")
     if samples < 1 or n_inputs < 1:
         raise click.UsageError("--samples and --inputs must be at least 1")
+    from bicycle.preflight import check_inference
     from bicycle.sampling import run_sample
+    _run(check_inference, device, seed, out_dir=out)
     _run(run_sample, checkpoint, input_path, data, samples, n_inputs, out, seed, device, click.echo)
 
 
@@ -190,6 +209,8 @@ def evaluate(checkpoint: str, data: str | None, n_inputs: int, samples: int, see
     if samples < 1 or n_inputs < 1:
         raise click.UsageError("--samples and --inputs must be at least 1")
     from bicycle.evaluate import run_eval
+    from bicycle.preflight import check_inference
+    _run(check_inference, device, seed, json_path=json_path)
     _run(run_eval, checkpoint, data, n_inputs, samples, seed, json_path, device, click.echo,
          lpips_weights=lpips_weights, inception_weights=inception_weights)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,10 @@ ENCODERS = ("resnet", "conv")
 GAN_MODES = ("lsgan", "vanilla")
 DIRECTIONS = ("AtoB", "BtoA")
 PRECISIONS = ("fp32", "bf16")
+BAD_IMAGES = ("error", "skip")  # what the start-up data check does with files that cannot be used
 MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 4096  # 8x the largest size the original ran (512 px); larger cannot fit a U-Net step in memory
+MAX_SEED = 2**31 - 1  # the data streams derive per-epoch seeds from it
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class DataConfig:
     load_size: int | None = None
     flip: bool = True
     modes: int = 8
+    # Not resumable: it changes which files are trained on.
+    bad_images: str = "error"
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice("net.gan_mode", n.gan_mode, GAN_MODES)
     _choice("data.direction", d.direction, DIRECTIONS)
     _choice("train.precision", t.precision, PRECISIONS)
+    _choice("data.bad_images", d.bad_images, BAD_IMAGES)
     if n.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"image size {n.image_size} is too small: bicycle supports {MIN_IMAGE_SIZE} px and up")
     for key, value in (("net.nz", n.nz), ("net.ngf", n.ngf), ("net.nef", n.nef), ("net.ndf", n.ndf),
@@ -229,8 +236,23 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"loss.kl_warmup must be within [0, 1] (a fraction of the steps), got {cfg.loss.kl_warmup}")
     if not 0.0 <= o.decay_start <= 1.0:
         raise ConfigError(f"optim.decay_start must be within [0, 1], got {o.decay_start}")
+    floats = {"optim.lr": o.lr, "optim.lr_d": o.lr_d, "optim.beta1": o.beta1, "optim.beta2": o.beta2,
+              **{f"loss.{k}": v for k, v in dataclasses.asdict(cfg.loss).items()}}
+    for key, value in floats.items():
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+    for key, value in dataclasses.asdict(cfg.loss).items():
+        if value < 0:
+            raise ConfigError(f"loss.{key} must not be negative, got {value}")
     if o.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {o.lr}")
     if o.lr_d is not None and o.lr_d <= 0:
         raise ConfigError(f"optim.lr_d must be positive, got {o.lr_d}")
+    for key, value in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} must be within [0, 1), got {value}")
+    if not 0 <= t.seed <= MAX_SEED:
+        raise ConfigError(f"train.seed must be within [0, {MAX_SEED}], got {t.seed}")
+    if n.image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"image size {n.image_size} is too large: bicycle supports up to {MAX_IMAGE_SIZE} px")
     return cfg

@@ -25,7 +25,9 @@ def report() -> list[str]:
     from bicycle.envinfo import format_op_impls, op_impls
     lines.append("ops (which implementation impl=auto picks, and why):")
     lines += ["  " + line for line in format_op_impls(op_impls()).splitlines()]
-    from bicycle.plugins import get_plugins
-    p = get_plugins()
+    from bicycle.plugins import build_plugins
+    p = build_plugins(strict=False)  # a broken plugin is listed, not fatal: this is where one looks for it
     lines.append("plugins: " + ", ".join(p.plugin_names()))
+    for name, why in sorted(p.broken.items()):
+        lines.append(f"broken plugin {name!r}: {why}")
     return lines

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from bicycle.build import build_eval_dataset
+from bicycle.build import build_eval_dataset, check_channels
 from bicycle.data.base import oracle_of
+from bicycle.io import atomic_write_bytes, writing
 from bicycle.loading import load_model
 from bicycle.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, prior_coverage, z_sensitivity
 from bicycle.models import MODELS
@@ -143,7 +144,8 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     if data is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data=data))
     registry = get_plugins().registry
-    ds = build_eval_dataset(cfg, registry)
+    ds = build_eval_dataset(cfg, registry, "the evaluation", echo=echo)
+    check_channels(ds, cfg)
     result = evaluate(nets, ds, cfg.net.nz, n_inputs, n_samples, seed, dev, lpips=lpips, fid_net=fid_net,
                       weight_tags=tags, variational=MODELS[cfg.train.model].variational)
     result.update(checkpoint=str(ckpt.path), step=ckpt.step, model=cfg.train.model, data=cfg.data.data)
@@ -153,6 +155,6 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     for note in result["notes"]:
         echo(f"note: {note}")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        with writing(json_path):
+            atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
     return result

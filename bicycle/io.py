@@ -8,10 +8,11 @@ Metadata (strings): format, config (JSON), step, data position, optimizer param 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from bicycle.config import RunConfig
-from bicycle.errors import CheckpointError, ConfigError, NonFiniteError
+from bicycle.errors import CheckpointError, ConfigError, NonFiniteError, StorageError
 from bicycle.nets import Nets
 
 FORMAT = "bicycle-checkpoint/1"
@@ -64,6 +65,19 @@ def _atomic_replace(path: Path, write: Callable[[str], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def writing(what: str | Path, after: str = "") -> Iterator[None]:
+    """An OSError while writing (disk full, permission, read-only) becomes one :class:`StorageError` line naming
+    the path; ``after`` is appended (e.g. which checkpoint is still intact)."""
+    try:
+        yield
+    except OSError as exc:
+        named = exc.filename and not str(exc.filename).endswith(TMP_SUFFIX)  # an atomic write's temporary: name the target
+        path = exc.filename if named else what
+        reason = exc.strerror or type(exc).__name__
+        raise StorageError(f"cannot write {path}: {reason}" + (f"; {after}" if after else "")) from exc
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -171,7 +185,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if bad:
         raise NonFiniteError(f"checkpoint {p} holds non-finite values (NaN or inf) in {_names(bad)}: the run had "
                              f"diverged when it was written; use an earlier checkpoint")
-    return Checkpoint(p, config, int(meta.get("step", 0)), tensors, meta)
+    try:
+        step = int(meta.get("step", 0))
+    except ValueError:
+        raise CheckpointError(f"checkpoint {p} has an unreadable step {meta.get('step')!r} in its metadata") from None
+    return Checkpoint(p, config, step, tensors, meta)
 
 
 def _names(keys: list[str], limit: int = 6) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -38,22 +39,46 @@ class _Manager(pluggy.PluginManager):
         return opts
 
 
+# What plugin code may raise that bicycle catches and names: errors, and sys.exit() (never Ctrl-C).
+PLUGIN_FAILURES = (Exception, SystemExit)
+
+
 @dataclass
 class Plugins:
+    """``broken``: plugins that failed to load (name -> reason), kept only by ``build_plugins(strict=False)``;
+    ``disabled``: observers switched off after they raised during a run."""
+
     manager: pluggy.PluginManager
     registry: Registry
+    broken: dict[str, str] = field(default_factory=dict)
+    disabled: set[str] = field(default_factory=set)
 
-    def notify(self, hook: str, **kwargs: Any) -> None:
-        """Call an observer hook on every plugin; a failure names the plugin that raised."""
+    def notify(self, hook: str, warn: Callable[[str], None] | None = None, **kwargs: Any) -> None:
+        """Call an observer hook on every plugin. An observer that raises is disabled for the rest of the
+        process with one warning naming it; the caller (a training run) goes on."""
         caller = getattr(self.manager.hook, hook)
         for impl in caller.get_hookimpls():
+            if impl.plugin_name in self.disabled:
+                continue
             try:
                 impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as exc:
-                raise PluginError(_failure(impl.plugin_name, f"raised in {hook}: {type(exc).__name__}: {exc}")) from exc
+            except PLUGIN_FAILURES as exc:
+                self.disabled.add(impl.plugin_name)
+                why = _failure(impl.plugin_name, f"raised in {hook}: {_describe(exc)}")
+                (warn or _stderr)(f"warning: {why}; it is disabled for the rest of this run")
 
     def plugin_names(self) -> list[str]:
         return sorted(name for name, _ in self.manager.list_name_plugin())
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _failure(plugin: str, what: str) -> str:
@@ -65,8 +90,17 @@ def _blocked() -> set[str]:
     return {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
 
 
-def build_plugins(extra: Iterable[object] = (), autoload: bool | None = None) -> Plugins:
-    """Create a plugin manager with the built-ins, entry points (unless disabled) and ``extra``."""
+def build_plugins(extra: Iterable[object] = (), autoload: bool | None = None, strict: bool = True) -> Plugins:
+    """Create a plugin manager with the built-ins, entry points (unless disabled) and ``extra``.
+    A third-party plugin that fails to import, register or list its components is a PluginError naming
+    it; with ``strict=False`` (``bicycle env``) it is left out and listed in ``Plugins.broken`` instead."""
+    broken: dict[str, str] = {}
+
+    def fail(name: str, message: str, exc: BaseException) -> None:
+        if strict:
+            raise PluginError(message) from exc
+        broken[name] = message
+
     pm = _Manager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for modname in BUILTIN_MODULES:
@@ -80,12 +114,13 @@ def build_plugins(extra: Iterable[object] = (), autoload: bool | None = None) ->
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:
-                raise PluginError(_failure(ep.name, f"({ep.value}) failed to import: {type(exc).__name__}: {exc}")) from exc
+            except PLUGIN_FAILURES as exc:
+                fail(ep.name, _failure(ep.name, f"({ep.value}) failed to import: {_describe(exc)}"), exc)
+                continue
             try:
                 pm.register(plugin, name=ep.name)
             except ValueError as exc:
-                raise PluginError(_failure(ep.name, f"could not be registered: {exc}")) from exc
+                fail(ep.name, _failure(ep.name, f"could not be registered: {exc}"), exc)
     for i, obj in enumerate(extra):
         pm.register(obj, name=getattr(obj, "__name__", None) or f"{type(obj).__name__}-{i}")
     try:
@@ -99,11 +134,16 @@ def build_plugins(extra: Iterable[object] = (), autoload: bool | None = None) ->
         for impl in getattr(pm.hook, hook).get_hookimpls():
             try:
                 specs = impl.function()
-            except Exception as exc:
-                raise PluginError(_failure(impl.plugin_name, f"raised in {hook}: {type(exc).__name__}: {exc}")) from exc
-            for spec in specs or ():
-                registry.add(kind, spec, impl.plugin_name)
-    return Plugins(pm, registry)
+                if not isinstance(specs, (list, tuple)):
+                    raise PluginError(_failure(impl.plugin_name, f"returned {type(specs).__name__} from {hook}; "
+                                                                 f"expected a list of {kind} specs"))
+                for spec in specs:
+                    registry.add(kind, spec, impl.plugin_name)
+            except PluginError as exc:
+                fail(impl.plugin_name, str(exc), exc)
+            except PLUGIN_FAILURES as exc:
+                fail(impl.plugin_name, _failure(impl.plugin_name, f"raised in {hook}: {_describe(exc)}"), exc)
+    return Plugins(pm, registry, broken)
 
 
 _current: Plugins | None = None

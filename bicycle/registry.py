@@ -129,6 +129,11 @@ class Registry:
             raise ConfigError(f"unknown {kind} {name!r}{hint}; available: {', '.join(known) or 'none'}")
         return items[name][0]
 
+    def plugin_of(self, kind: str, name: str) -> str:
+        """The plugin that registered ``name`` (``get`` first: an unknown name is a ConfigError there)."""
+        self.get(kind, name)
+        return self._items[kind][name][1]
+
     def backbone(self, name: str) -> BackboneSpec:
         return self.get("backbone", name)  # type: ignore[return-value]
 

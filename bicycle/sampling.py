@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 
-from bicycle.build import build_eval_dataset
+from bicycle.build import build_eval_dataset, check_channels
 from bicycle.data.base import oracle_of
-from bicycle.errors import DataError
 from bicycle.loading import load_model
 from bicycle.plugins import get_plugins
 from bicycle.sample import distinct_valid_modes, sample_grid, save_image
@@ -31,10 +30,8 @@ def run_sample(checkpoint: str, input_path: Path | None, data: str | None, sampl
         import dataclasses
         dcfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data=data))
         registry = get_plugins().registry
-        ds = build_eval_dataset(dcfg, registry)
-        if (ds.a_channels, ds.b_channels) != (cfg.net.in_channels, cfg.net.out_channels):
-            raise DataError(f"dataset {data!r} has {ds.a_channels}->{ds.b_channels} channels; "
-                            f"the model expects {cfg.net.in_channels}->{cfg.net.out_channels}")
+        ds = build_eval_dataset(dcfg, registry, "the inputs", echo=echo)
+        check_channels(ds, dcfg)
         n = min(n_inputs, len(ds))
         a, b = ds.get_batch(list(range(n)))
         names = [f"input_{i:03d}" for i in range(n)]

@@ -23,6 +23,24 @@ def _isolated_plugins(monkeypatch):
     plugins.set_plugins(None)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache_home(tmp_path_factory):
+    """The user cache (the image-check verdicts) never in the real home, module and session fixtures included."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache-session"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
+@pytest.fixture(autouse=True)
+def _cache_home(monkeypatch, tmp_path_factory):
+    """Each test its own, empty user cache directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -305,7 +305,12 @@ def test_several_bad_files_give_one_error(tmp_path):
     root = make_aligned_dataset(tmp_path, n_train=4)
     for n in ("001.png", "003.png"):
         (root / "train" / n).write_bytes(b"junk")
-    with pytest.raises(DataError, match=r"001\.png.*and 1 more bad image"):
+    with pytest.raises(DataError, match=r"2 of 4 images in .*train cannot be used: 001\.png \(truncated or not an "
+                                         r"image\), 003\.png \("):
+        ds(root, "train")
+    for i in range(4, 12):
+        (root / "train" / f"{i:03d}.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"10 of 12 images .*: 001\.png .*, 006\.png \([^)]*\) and 5 more$"):
         ds(root, "train")
 
 
@@ -319,15 +324,14 @@ def test_odd_width_is_named(tmp_path):
         ds(root, "train")
 
 
-def test_truncated_jpeg_fails_at_load_naming_it(tmp_path):
-    # header-level checks cannot see a JPEG cut short; the lazy decode then names the file
+def test_truncated_jpeg_fails_at_start_up_naming_it(tmp_path):
+    # a header check cannot see a JPEG cut short; the start-up check decodes every file
     a = pattern(32, 32)
     bad = save(side_by_side(a, a), tmp_path / "train" / "x.jpg")
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 3])
-    d = ds(tmp_path, "train", 8)
-    with pytest.raises(DataError, match=f"cannot read image {bad}"):
-        d[0]
+    with pytest.raises(DataError, match=f"cannot read image {bad}: truncated$"):
+        ds(tmp_path, "train", 8)
 
 
 def test_progress_line(tmp_path, capsys):

@@ -138,7 +138,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
 def test_resume_may_change_only_steps_and_logging(trained):
     from bicycle.config import replace
-    from bicycle.train.loop import resume_config
+    from bicycle.preflight import resume_config
     stored = io.load_checkpoint(trained[0]).config
     ok = resume_config(stored, replace(stored, {"train.steps": 10, "train.log_every": 1}), {"train.steps", "train.log_every"})
     assert ok.train.steps == 10

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bicycle.cli import main
+from bicycle.errors import CheckpointError, DataError, OpUnavailableError
 
 TINY = ["--image-size", "32", "--ngf", "8", "--nef", "8", "--ndf", "8", "--batch-size", "4", "--steps", "4",
         "--log-every", "2", "--sample-every", "2", "--checkpoint-every", "2", "--impl", "ref"]
@@ -69,7 +70,7 @@ def test_a_bad_folder_fails_before_training(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "broken.png").write_bytes(b"not a png")
     result = CliRunner().invoke(main, ["train", *TINY, "--data", str(tmp_path), "--run-dir", str(tmp_path / "run")])
-    assert result.exit_code == 1
+    assert result.exit_code == DataError.exit_code
     assert "broken.png" in result.output
     assert not (tmp_path / "run").exists()
 
@@ -116,7 +117,7 @@ def test_sample_from_the_dataset_and_from_images_without_ground_truth(run_dir, t
 def test_sample_with_a_bad_checkpoint_is_one_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["sample", "--checkpoint", str(tmp_path / "x.safetensors"), "--data", "shapes",
                                        "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "x.safetensors does not exist" in result.output
+    assert result.exit_code == CheckpointError.exit_code and "x.safetensors does not exist" in result.output
 
 
 def test_plugins_and_env_list_components():
@@ -185,7 +186,7 @@ def test_an_impl_that_cannot_run_here_fails_at_config_resolution_in_one_line(tmp
     monkeypatch.setattr(loop, "build_state", lambda *a, **k: steps.append("built") or pytest.fail("got past resolution"))
     args = ["train", "--impl", "cpp", "--device", "cpu", "--steps", "2", "--run-dir", str(tmp_path / "run")]
     r = CliRunner().invoke(main, args + (["--dry-run"] if dry_run else []))
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == OpUnavailableError.exit_code, r.output
     assert "Traceback" not in r.output and not steps
     lines = r.output.strip().splitlines()
     assert lines[-1] == ("Error: --impl cpp: unavailable on cpu tensors: the C++ extension bicycle._C is not available "

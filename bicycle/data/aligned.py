@@ -12,7 +12,13 @@ since each half is resized to a square anyway.
 Fallback: when ROOT has neither a ``train/`` nor a ``val/`` folder but directly contains images, those
 images are used for *every* split (train and val see the same files; val is still centre-cropped and
 never flipped). A note saying so is written on stderr when ``progress`` is on. When ROOT has one of
-``train/``/``val/`` but not the requested one, that is an error naming the missing folder.
+``train/``/``val/`` but not the requested one, that is a :class:`~bicycle.errors.MissingSplitError` naming
+the missing folder (evaluation then says so and uses ``train/``: :func:`bicycle.build.build_eval_dataset`).
+
+Start-up check: every file of the split is decoded completely (:func:`bicycle.data.images.check_images`).
+``bad_images="error"`` (the default): one DataError naming the bad files; ``"skip"``: they are left out
+(``bad_images`` lists them, a note on stderr counts them) and the others are used. ``files`` records
+(name, size, mtime_ns) of the files used, the data fingerprint a checkpoint keeps.
 
 Channels: every file must have the same channel count (grayscale -> 1, anything else -> 3; see
 :mod:`bicycle.data.images`); ``a_channels == b_channels`` is that count.
@@ -40,9 +46,11 @@ import torch
 from torch import Tensor
 
 from bicycle import ops
+from bicycle.config import BAD_IMAGES
 from bicycle.data.base import DatasetRequest
-from bicycle.data.images import RESAMPLE, ImageInfo, list_images, open_image, scan_images, to_array
-from bicycle.errors import ConfigError, DataError
+from bicycle.data.images import (RESAMPLE, BadImage, ImageInfo, bad_images_message, check_images, list_images,
+                                 open_image, to_array)
+from bicycle.errors import ConfigError, DataError, MissingSplitError
 
 DEFAULT_CACHE_BYTES = 1 << 30
 SPLITS = ("train", "val")
@@ -62,9 +70,10 @@ def resolve_split_folder(root: str | Path, split: str, *, progress: bool = True)
         return wanted
     present = [s for s in SPLITS if (root / s).is_dir()]
     if present:
-        raise DataError(
+        raise MissingSplitError(
             f"dataset folder {root} has no {split}/ folder (it has {', '.join(s + '/' for s in present)}); "
-            f"expected {wanted}"
+            f"expected {wanted}",
+            root=str(root),
         )
     if not list_images(root, allow_empty=True):
         raise DataError(
@@ -99,6 +108,7 @@ class AlignedDataset:
         resample: str = "bicubic",
         progress: bool = True,
         impl: str = "auto",
+        bad_images: str = "error",
     ) -> None:
         if direction not in ("AtoB", "BtoA"):
             raise ConfigError(f"direction must be 'AtoB' or 'BtoA', not {direction!r}")
@@ -111,6 +121,8 @@ class AlignedDataset:
             raise ConfigError(f"unknown resample {resample!r}; choose one of {', '.join(RESAMPLE)}")
         if cache_bytes < 0:
             raise ConfigError(f"cache_bytes must be >= 0, not {cache_bytes}")
+        if bad_images not in BAD_IMAGES:
+            raise ConfigError(f"bad_images must be one of {', '.join(BAD_IMAGES)}, not {bad_images!r}")
         self.root = Path(root)
         self.split = split
         self.image_size = int(image_size)
@@ -124,10 +136,18 @@ class AlignedDataset:
         self.impl = impl
 
         self.folder = resolve_split_folder(self.root, split, progress=progress)
-        self.paths: list[Path] = list_images(self.folder)
-        self.infos: list[ImageInfo] = scan_images(
-            self.paths, progress, side_by_side=True, label=str(self.folder)
-        )
+        listed = list_images(self.folder)
+        check = check_images(listed, progress, side_by_side=True, label=str(self.folder))
+        self.bad_images: list[BadImage] = check.bad
+        if check.bad:
+            summary = bad_images_message(check.bad, len(listed), str(self.folder))
+            if bad_images == "error" or not check.good:
+                raise DataError(summary)  # skip mode with nothing left: "N of N images ... cannot be used"
+            if progress:
+                print(f"note: {summary}; using the other {len(check.good)} (bad_images=skip)", file=sys.stderr)
+        self.infos: list[ImageInfo] = check.good
+        self.paths: list[Path] = [info.path for info in check.good]
+        self.files: list[tuple[str, int, int]] = [(p.name, *check.stats[p]) for p in self.paths]
         first = self.infos[0]
         for info in self.infos[1:]:
             if info.channels != first.channels:
@@ -281,7 +301,8 @@ def build_aligned(request: DatasetRequest) -> AlignedDataset:
 
     Options (``request.options``): ``cache_mb`` (int, default 1024): memory budget of the resized-image
     cache in MiB; ``resample`` ("bicubic" | "bilinear" | "nearest" | "lanczos"); ``progress`` (bool,
-    default True): the start-up check's progress line on stderr; ``impl``: the ``prepare_batch`` impl.
+    default True): the start-up check's progress line on stderr; ``impl``: the ``prepare_batch`` impl;
+    ``bad_images`` ("error" | "skip", default "error"): what the start-up check does with bad files.
     """
     if request.path is None:
         raise ConfigError("the aligned dataset needs a dataset folder (a path with train/ and val/)")
@@ -302,4 +323,5 @@ def build_aligned(request: DatasetRequest) -> AlignedDataset:
         resample=str(request.option("resample", "bicubic")),
         progress=bool(request.option("progress", True)),
         impl=str(request.option("impl", "auto")),
+        bad_images=str(request.option("bad_images", "error")),
     )

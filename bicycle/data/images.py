@@ -1,12 +1,17 @@
 """Image files: listing, the start-up check, decoding to uint8 arrays, and loading inputs for ``sample``.
 
+The start-up check (:func:`check_images`) decodes every file completely, on a thread per CPU, and keeps
+only verdicts between runs (:mod:`bicycle.data.verdicts`): a truncated file is found before training,
+not in the middle of it.
+
 Every problem is reported as one :class:`~bicycle.errors.DataError` whose message names the file or
 folder that is wrong.
 
 Conventions shared by every loader here:
 
 * Extensions: ``.png .jpg .jpeg .bmp .webp`` (any case). Files whose name starts with ``.`` (hidden
-  files, macOS ``._*`` resource forks) are ignored. Folders are *not* searched recursively.
+  files, macOS ``._*`` resource forks) are ignored. Folders are *not* searched recursively. A broken
+  symlink with an image name is listed (the check then names it as bad) rather than skipped unseen.
 * Order: files are sorted by name (plain code-point order), so every machine sees the same order.
 * Channels: grayscale images (modes ``1``, ``L``, ``LA``, ``I``, ``I;16``, ``F``) give 1 channel; every
   other mode gives 3 (``RGB``; ``RGBA``/``LA`` drop alpha; palette ``P``/``PA``, ``CMYK``, ``YCbCr`` ... are
@@ -14,8 +19,10 @@ Conventions shared by every loader here:
 """
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -49,6 +56,10 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
 def list_images(folder: str | Path, *, allow_empty: bool = False) -> list[Path]:
     """The image files directly inside ``folder``, sorted by name.
 
@@ -64,7 +75,8 @@ def list_images(folder: str | Path, *, allow_empty: bool = False) -> list[Path]:
         entries = list(folder.iterdir())
     except OSError as e:
         raise DataError(f"cannot list image folder {folder}: {e.strerror or e}") from e
-    paths = sorted((p for p in entries if is_image_file(p) and p.is_file()), key=lambda p: p.name)
+    paths = sorted((p for p in entries if is_image_file(p) and (p.is_file() or _is_broken_link(p))),
+                   key=lambda p: p.name)
     if not paths and not allow_empty:
         raise DataError(
             f"image folder {folder} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
@@ -74,7 +86,7 @@ def list_images(folder: str | Path, *, allow_empty: bool = False) -> list[Path]:
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header of one image file says."""
+    """What one fully decoded image file is."""
 
     path: Path
     width: int
@@ -84,6 +96,15 @@ class ImageInfo:
     @property
     def channels(self) -> int:
         return channels_of_mode(self.mode)
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """A file the start-up check refused: ``reason`` is short (for lists), ``message`` one line naming the path."""
+
+    path: Path
+    reason: str
+    message: str
 
 
 def _read_reason(e: BaseException) -> str:
@@ -98,40 +119,219 @@ def _read_reason(e: BaseException) -> str:
     if isinstance(e, Image.UnidentifiedImageError):
         return "truncated or not an image"
     detail = str(e).strip()
+    if "truncated" in detail:  # Pillow: "image file is truncated (N bytes not processed)"
+        return "truncated"
     return "truncated or not an image" + (f" ({detail})" if detail else "")
 
 
-def read_info(path: str | Path) -> ImageInfo:
-    """Header-level check of one file: open it, read size and mode, ``verify()`` it (no full decode)."""
-    path = Path(path)
+def _cannot_read(path: Path, reason: str) -> BadImage:
+    return BadImage(path, reason, f"cannot read image {path}: {reason}")
+
+
+def unreadable(path: Path, e: BaseException) -> BadImage:
+    """``path`` could not be opened or decoded (``e``), with why."""
+    broken_link = isinstance(e, FileNotFoundError) and path.is_symlink()
+    return _cannot_read(path, "broken symlink" if broken_link else _read_reason(e))
+
+
+def decode_check(path: Path) -> ImageInfo:
+    """Decode ``path`` completely (``load()``: a truncated file fails here, unlike a header check) and
+    say what it is; the pixels are dropped. Raises what Pillow or the OS raise."""
+    with Image.open(path) as im:
+        im.load()
+        width, height = im.size
+        return ImageInfo(path, width, height, im.mode)
+
+
+def _verdict(path: Path) -> ImageInfo | BadImage:
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            mode = im.mode
-            im.verify()
+        info = decode_check(path)  # looked up at call time (tests count the calls)
     except Exception as e:  # Pillow raises many types for bad files (OSError, SyntaxError, ValueError ...)
-        raise DataError(f"cannot read image {path}: {_read_reason(e)}") from e
-    if width < 1 or height < 1:
-        raise DataError(f"cannot read image {path}: empty image ({width}x{height})")
-    return ImageInfo(path, width, height, mode)
+        return unreadable(path, e)
+    if info.width < 1 or info.height < 1:
+        return _cannot_read(path, f"empty image ({info.width}x{info.height})")
+    return info
 
 
-def check_side_by_side(info: ImageInfo) -> None:
+def side_by_side_problem(info: ImageInfo) -> BadImage | None:
     """The pix2pix layout: A|B side by side, each half ``width // 2`` wide, so the width must be even."""
+    size = f"{info.width}x{info.height}"
     if info.width < 2:
-        raise DataError(
-            f"image {info.path} is {info.width}x{info.height}: too narrow to hold A|B side by side"
-        )
+        return BadImage(info.path, f"{size}: too narrow for A|B",
+                        f"image {info.path} is {size}: too narrow to hold A|B side by side")
     if info.width % 2:
-        raise DataError(
-            f"image {info.path} is {info.width}x{info.height}: the aligned layout needs A|B side by side "
-            f"with equal halves, so the width must be even (it is usually 2 x height)"
-        )
+        return BadImage(info.path, f"{size}: odd width, A|B needs equal halves",
+                        f"image {info.path} is {size}: the aligned layout needs A|B side by side with equal "
+                        f"halves, so the width must be even (it is usually 2 x height)")
+    return None
 
 
 def _common_folder(paths: Sequence[Path]) -> str:
     parents = {str(p.parent) for p in paths}
     return parents.pop() if len(parents) == 1 else "several folders"
+
+
+SHOWN_BAD = 5  # bad files named in one message; the rest are counted
+
+
+def bad_images_message(bad: Sequence[BadImage], total: int, where: str) -> str:
+    """One line: the bad file's own message, or a count and the first :data:`SHOWN_BAD` with their reasons."""
+    if len(bad) == 1:
+        return bad[0].message
+    one_folder = _common_folder([b.path for b in bad]) == where
+    names = ", ".join(f"{b.path.name if one_folder else b.path} ({b.reason})" for b in bad[:SHOWN_BAD])
+    more = f" and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
+    return f"{len(bad)} of {total} images in {where} cannot be used: {names}{more}"
+
+
+@dataclass
+class ImageCheck:
+    """The start-up check's result: ``good`` and ``bad`` in the order given, ``stats`` (size, mtime_ns) of
+    every file that could be stat'ed, ``cached``: how many verdicts came from the cache."""
+
+    good: list[ImageInfo]
+    bad: list[BadImage]
+    stats: dict[Path, tuple[int, int]]
+    cached: int
+
+
+def check_workers() -> int:
+    """Decoding threads: one per CPU this process may use (Pillow releases the GIL while decoding)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(32, cpus))
+
+
+class _ProgressLine:
+    """``\\r{head} P%`` at each crossed 10% mark (at most ~10 updates), ended with ``tail`` and a newline."""
+
+    def __init__(self, stream: TextIO | None, head: str, total: int) -> None:
+        self.stream, self.head, self.total, self.done = stream, head, total, 0
+        self._show()
+
+    def _show(self, end: str = "") -> None:
+        if self.stream is not None:
+            self.stream.write(f"\r{self.head} {100 * self.done // self.total}%{end}")
+            self.stream.flush()
+
+    def advance(self, k: int) -> None:
+        before, self.done = self.done, self.done + k
+        if k and self.done < self.total and 10 * self.done // self.total > 10 * before // self.total:
+            self._show()
+
+    def close(self, tail: str) -> None:
+        self._show(f"{tail}\n")
+
+
+_cache_note_given = False
+
+
+def _cache_note(stream: TextIO | None, problem: str) -> None:
+    global _cache_note_given
+    if stream is not None and not _cache_note_given:
+        _cache_note_given = True
+        stream.write(f"note: no image-check cache ({problem}): every start decodes every image\n")
+
+
+def _stat(path: Path) -> tuple[int, int] | BadImage:
+    try:
+        st = path.stat()
+    except OSError as e:
+        return unreadable(path, e)
+    return st.st_size, st.st_mtime_ns
+
+
+def _decode_all(paths: list[Path], workers: int) -> Iterator[ImageInfo | BadImage]:
+    """:func:`_verdict` of each path, in order, on ``workers`` threads."""
+    if workers <= 1 or len(paths) <= 1:
+        yield from map(_verdict, paths)
+        return
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(paths)), thread_name_prefix="bicycle-check")
+    try:
+        yield from pool.map(_verdict, paths)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: do not decode the rest first
+
+
+def _stream_of(progress: bool | TextIO | None) -> TextIO | None:
+    if progress is True:
+        return sys.stderr
+    if progress is False or progress is None:
+        return None
+    return progress
+
+
+def check_images(
+    paths: Sequence[str | Path],
+    progress: bool | TextIO = True,
+    *,
+    side_by_side: bool = False,
+    label: str | None = None,
+    workers: int | None = None,
+) -> ImageCheck:
+    """Decode every file completely (in parallel; files unchanged since a previous check are not decoded
+    again, see :mod:`bicycle.data.verdicts`) and sort them into good and bad. Never raises for a bad file.
+
+    progress: True writes ``checking N images in DIR ... P%`` on stderr, updated in place (at most ~10
+    updates) and ended with a newline (and ``(K cached, B bad)`` when there are any); a file object writes
+    there instead; False writes nothing. side_by_side: also require the aligned A|B layout
+    (:func:`side_by_side_problem`). Raises DataError naming the folder when ``paths`` is empty.
+    """
+    from bicycle.data.verdicts import VerdictCache
+
+    paths = [Path(p) for p in paths]
+    where = label if label is not None else (_common_folder(paths) if paths else "")
+    if not paths:
+        raise DataError(f"no images to check in {where or 'the given list'}")
+    stream = _stream_of(progress)
+    n = len(paths)
+    line = _ProgressLine(stream, f"checking {n} image{'s' if n != 1 else ''} in {where} ...", n)
+    caches = {folder: VerdictCache(folder) for folder in dict.fromkeys(p.parent for p in paths)}
+    verdicts: list[ImageInfo | BadImage | None] = [None] * n
+    stats: dict[Path, tuple[int, int]] = {}
+    todo: list[int] = []
+    cached = 0
+    for i, p in enumerate(paths):
+        st = _stat(p)
+        if isinstance(st, BadImage):
+            verdicts[i] = st
+            continue
+        stats[p] = st
+        hit = caches[p.parent].get(p.name, *st)
+        if hit is None:
+            todo.append(i)
+        else:
+            verdicts[i] = ImageInfo(p, *hit)
+            cached += 1
+    line.advance(n - len(todo))
+    decoded = _decode_all([paths[i] for i in todo], workers or check_workers())
+    try:
+        for i, v in zip(todo, decoded):
+            verdicts[i] = v
+            if isinstance(v, ImageInfo):
+                caches[v.path.parent].put(v.path.name, *stats[v.path], (v.width, v.height, v.mode))
+            line.advance(1)
+    finally:
+        decoded.close()  # an interrupted check stops its threads now
+    for cache in caches.values():
+        problem = cache.save()
+        if problem:
+            _cache_note(stream, problem)
+    good: list[ImageInfo] = []
+    bad: list[BadImage] = []
+    for v in verdicts:
+        if side_by_side and isinstance(v, ImageInfo):
+            v = side_by_side_problem(v) or v
+        if isinstance(v, ImageInfo):
+            good.append(v)
+        else:
+            assert v is not None
+            bad.append(v)
+    counts = [f"{cached} cached"] * bool(cached) + [f"{len(bad)} bad"] * bool(bad)
+    line.close(f" ({', '.join(counts)})" if counts else "")
+    return ImageCheck(good, bad, stats, cached)
 
 
 def scan_images(
@@ -141,53 +341,13 @@ def scan_images(
     side_by_side: bool = False,
     label: str | None = None,
 ) -> list[ImageInfo]:
-    """Check every file at header level and return what each header says, in order.
-
-    progress: True writes ``checking N images in DIR ... P%`` on stderr, updated in place (at most ~10
-    updates) and ended with a newline; a file object writes there instead; False writes nothing.
-    side_by_side: also require the aligned A|B layout (:func:`check_side_by_side`).
-    Raises ONE DataError naming the first bad file (and how many more were bad), or naming the folder
-    when ``paths`` is empty.
-    """
+    """:func:`check_images`, then ONE DataError naming the bad files (see :func:`bad_images_message`) if any."""
     paths = [Path(p) for p in paths]
-    where = label if label is not None else (_common_folder(paths) if paths else "")
-    if not paths:
-        raise DataError(f"no images to check in {where or 'the given list'}")
-    stream: TextIO | None
-    if progress is True:
-        stream = sys.stderr
-    elif progress is False or progress is None:
-        stream = None
-    else:
-        stream = progress
-    n = len(paths)
-    head = f"checking {n} image{'s' if n != 1 else ''} in {where} ..."
-    infos: list[ImageInfo] = []
-    errors: list[DataError] = []
-
-    def show(done: int, end: str = "") -> None:
-        if stream is not None:
-            stream.write(f"\r{head} {100 * done // n}%{end}")
-            stream.flush()
-
-    show(0)
-    for k, p in enumerate(paths, 1):
-        try:
-            info = read_info(p)
-            if side_by_side:
-                check_side_by_side(info)
-            infos.append(info)
-        except DataError as e:
-            errors.append(e)
-        if k == n:
-            show(k, " failed\n" if errors else "\n")
-        elif 10 * k // n > 10 * (k - 1) // n:  # crossed a 10% mark: at most 9 updates in between
-            show(k)
-    if errors:
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more bad image{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise DataError(f"{first}{more}") from first
-    return infos
+    check = check_images(paths, progress, side_by_side=side_by_side, label=label)
+    if check.bad:
+        where = label if label is not None else _common_folder(paths)
+        raise DataError(bad_images_message(check.bad, len(paths), where))
+    return check.good
 
 
 def open_image(path: str | Path, channels: int | None = None) -> Image.Image:
@@ -215,7 +375,7 @@ def open_image(path: str | Path, channels: int | None = None) -> Image.Image:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"cannot read image {path}: {_read_reason(e)}") from e
+        raise DataError(unreadable(path, e).message) from e
     want = channels if channels is not None else channels_of_mode(img.mode)
     target = "L" if want == 1 else "RGB"
     return img if img.mode == target else img.convert(target)

@@ -6,16 +6,10 @@ import contextlib
 
 import torch
 
+from bicycle.build import check_cuda_graphs
 from bicycle.errors import ConfigError
 
 CPU_EAGER_MESSAGE = "eager (CUDA graphs need a CUDA device)"
-
-
-def check_cuda_graphs(setting: bool | None, device: torch.device) -> None:
-    """An explicit request for CUDA graphs on a device without them is a usage error."""
-    if setting and device.type != "cuda":
-        raise ConfigError(f"--cuda-graphs needs a CUDA device, but the run uses {device.type!r}: "
-                          f"drop the flag or pass --no-cuda-graphs (the default there is eager)")
 
 
 def use_cuda_graphs(setting: bool | None, device: torch.device) -> tuple[bool, str | None]:

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 
 from bicycle.build import build_dataset, build_eval_dataset, pick_device, resolve
-from bicycle.config import RESUMABLE_KEYS, RunConfig, replace
+from bicycle.config import RunConfig
 from bicycle.errors import CheckpointError, ConfigError, NonFiniteError, TrainingDiverged
 from bicycle.io import (atomic_write_bytes, load_checkpoint, load_networks, load_optimizers, remove_stale_temporaries,
-                        resolve_checkpoint_path)
+                        resolve_checkpoint_path, writing)
 from bicycle.plugins import Plugins, get_plugins
-from bicycle.train.checkpoints import write_checkpoint
+from bicycle.train.checkpoints import checkpoint_name, write_checkpoint
 from bicycle.train.data import BatchStream
 from bicycle.train.datafiles import manifest_metadata, manifests, resume_data_warning, run_splits, write_bad_list
 from bicycle.train.guard import Divergence
@@ -38,18 +38,6 @@ class TrainResult:
     seconds: float
     summary: dict = field(default_factory=dict)
     signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
-
-
-def resume_config(stored: RunConfig, requested: RunConfig | None, changed: set[str]) -> RunConfig:
-    """The stored config with the allowed changes; any other requested difference is a ConfigError."""
-    if requested is None:
-        return stored
-    s, r = stored.flat(), requested.flat()
-    bad = sorted(k for k in changed if k in r and s.get(k) != r[k] and k not in RESUMABLE_KEYS)
-    if bad:
-        diffs = ", ".join(f"{k} (run: {s.get(k)!r}, requested: {r[k]!r})" for k in bad)
-        raise ConfigError(f"--resume may only change --steps, the device and logging flags; differs: {diffs}")
-    return replace(stored, {k: r[k] for k in changed if k in RESUMABLE_KEYS})
 
 
 class _StopFlag:
@@ -106,9 +94,14 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     ckpt_dir, sample_dir = _prepare_run_dir(run_dir, echo)
     log = RunLog(run_dir)
     echo = log.tee(echo)
+
+    def notify(hook: str, **kwargs) -> None:  # an observer that raises is disabled with a warning, logged
+        plugins.notify(hook, warn=echo, **kwargs)
+
     echo(f"bicycle train {'resuming at step ' + str(start) if ckpt else 'from scratch'}: model {cfg.train.model}, "
          f"{cfg.net.image_size} px, batch {cfg.train.batch_size}, {cfg.train.steps} steps, device {device}")
-    atomic_write_bytes(run_dir / "config.json", (cfg.to_json() + "\n").encode())
+    with writing(run_dir / "config.json"):
+        atomic_write_bytes(run_dir / "config.json", (cfg.to_json() + "\n").encode())
     data_notes.append(write_bad_list(run_dir, splits))
     if ckpt is not None:
         data_notes.append(resume_data_warning(ckpt.metadata, data_files))
@@ -119,14 +112,14 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     total = cfg.train.steps
     batches = prefetcher_for(BatchStream(dataset, cfg.train.batch_size, cfg.train.seed, start), device)
     progress = Progress(total, start, log=log.write)
-    plugins.notify("bicycle_train_start", config=cfg, run_dir=run_dir, start_step=start)
+    notify("bicycle_train_start", config=cfg, run_dir=run_dir, start_step=start)
     if graphs_note:
         echo(graphs_note)
     stepper = _stepper(cfg, state, device, graphs)
 
     def checkpoint(step: int) -> Path:
         path = write_checkpoint(ckpt_dir, cfg, state, step, batches.position(), manifest_metadata(data_files))
-        plugins.notify("bicycle_train_checkpoint", step=step, path=path, config=cfg, run_dir=run_dir)
+        notify("bicycle_train_checkpoint", step=step, path=path, config=cfg, run_dir=run_dir)
         return path
 
     step, interrupted, eta_shown, diverged = start, False, False, None
@@ -154,25 +147,26 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
             if step % cfg.train.log_every == 0 or step == total:
                 values = {k: float(v) for k, v in metrics.items()}  # the only host read of the losses
                 progress.update(step, values)
-                plugins.notify("bicycle_train_step", step=step,
+                notify("bicycle_train_step", step=step,
                                metrics={**values, "lr": cfg.optim.lr * factor, "lambda_kl": cfg.loss.kl * kl_ramp,
                                         "sec_per_step": progress.rate(step)},
                                config=cfg, run_dir=run_dir)
             if step % cfg.train.sample_every == 0:
-                path, warning = grids.write(state.nets, step, device)
-                plugins.notify("bicycle_train_sample", step=step, path=path, config=cfg, run_dir=run_dir)
+                with writing(sample_dir):
+                    path, warning = grids.write(state.nets, step, device)
+                notify("bicycle_train_sample", step=step, path=path, config=cfg, run_dir=run_dir)
                 if warning:
                     progress.message(warning)
             if step % cfg.train.checkpoint_every == 0 and step < total:
-                diverged = _checkpoint_or_divergence(checkpoint, step)
+                diverged = _checkpoint_or_divergence(checkpoint, step, ckpt_dir)
                 if diverged is not None:
                     break
     progress.close()
     diverged = diverged or _diverged(state)  # a Ctrl-C may come between two checks
     if diverged is None and (step > start or ckpt is None):
-        diverged = _checkpoint_or_divergence(checkpoint, step, echo)
+        diverged = _checkpoint_or_divergence(checkpoint, step, ckpt_dir, echo)
     if diverged is not None:
-        plugins.notify("bicycle_train_end", step=step, config=cfg, run_dir=run_dir, interrupted=True)
+        notify("bicycle_train_end", step=step, config=cfg, run_dir=run_dir, interrupted=True)
         message = (f"{diverged.describe()}; stopped at step {step}, no checkpoint written after step "
                    f"{diverged.step - 1}; {_last_good(ckpt_dir)}")
         log.write(f"Error: {message}")
@@ -181,11 +175,12 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     summary: dict = {"step": step, "seconds": round(time.perf_counter() - t_start, 1),
                      "z_sensitivity": grids.history, "ignoring_z_warning": grids.warned}
     if not interrupted:
-        summary.update(final_report(cfg, state.nets, val, sample_dir, device, echo))
-        atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        with writing(run_dir):
+            summary.update(final_report(cfg, state.nets, val, sample_dir, device, echo))
+            atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     else:
         echo(f"interrupted at step {step}; resume with: bicycle train --resume {run_dir}")
-    plugins.notify("bicycle_train_end", step=step, config=cfg, run_dir=run_dir, interrupted=interrupted)
+    notify("bicycle_train_end", step=step, config=cfg, run_dir=run_dir, interrupted=interrupted)
     log.close()
     return TrainResult(run_dir, step, interrupted, time.perf_counter() - t_start, summary, flag.signal)
 
@@ -201,12 +196,13 @@ def _diverged(state: TrainState) -> Divergence | None:
     return state.guard.first_bad() if state.guard is not None else None
 
 
-def _checkpoint_or_divergence(checkpoint: Callable[[int], Path], step: int,
+def _checkpoint_or_divergence(checkpoint: Callable[[int], Path], step: int, ckpt_dir: Path,
                               echo: Callable[[str], None] | None = None) -> Divergence | None:
     """Write the checkpoint of ``step``; weights that became non-finite (with finite losses so far) are a
     divergence at this step instead, and nothing is written."""
     try:
-        path = checkpoint(step)
+        with writing(ckpt_dir / checkpoint_name(step), after=_last_good(ckpt_dir) + " (intact)"):
+            path = checkpoint(step)
     except NonFiniteError as exc:
         return Divergence(step, {}, what=f"weights ({exc})")
     if echo is not None:

@@ -1,0 +1,112 @@
+"""One validation pass per command, before any slow work: flags and the resolved config (via
+:func:`bicycle.build.resolve`: values, registry, device, fused-op impl), output paths (writable, room for
+a checkpoint) and resume compatibility. Every problem is a :class:`~bicycle.errors.BicycleError` naming
+the flag, value or path."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bicycle.build import build_networks, resolve
+from bicycle.config import RESUMABLE_KEYS, RunConfig, replace
+from bicycle.errors import ConfigError, StorageError
+from bicycle.registry import Registry
+
+# Room asked for beyond the estimated checkpoint size (samples, logs, the file system's own slack).
+SPACE_MARGIN_BYTES = 16 << 20
+
+
+def resume_config(stored: RunConfig, requested: RunConfig | None, changed: set[str]) -> RunConfig:
+    """The stored config with the allowed changes; any other requested difference is a ConfigError."""
+    if requested is None:
+        return stored
+    s, r = stored.flat(), requested.flat()
+    bad = sorted(k for k in changed if k in r and s.get(k) != r[k] and k not in RESUMABLE_KEYS)
+    if bad:
+        diffs = ", ".join(f"{k} (run: {s.get(k)!r}, requested: {r[k]!r})" for k in bad)
+        raise ConfigError(f"--resume may only change --steps, the device and logging flags; differs: {diffs}")
+    return replace(stored, {k: r[k] for k in changed if k in RESUMABLE_KEYS})
+
+
+def check_resume_steps(cfg: RunConfig, done: int) -> None:
+    if cfg.train.steps < done:
+        raise ConfigError(f"--steps {cfg.train.steps} is below the run's current step {done}: nothing to train "
+                          f"(give --steps above {done}, or leave it out)")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists():
+        p = p.parent
+    return p
+
+
+def check_writable(path: Path, flag: str) -> Path:
+    """``path`` (a folder, created later if missing) can be written: probed with a real file in it or in
+    its nearest existing parent, so read-only mounts and missing permissions fail here, not mid-run."""
+    where = _existing_ancestor(path)
+    if not where.is_dir():
+        raise StorageError(f"{flag} {path}: {where} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bicycle-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StorageError(f"{flag} {path}: cannot write in {where}: {exc.strerror or exc}") from exc
+    return where
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    if path.is_dir():
+        raise StorageError(f"{flag} {path} is a folder; give a file path")
+    check_writable(path.parent, flag)
+
+
+def checkpoint_bytes(cfg: RunConfig, registry: Registry) -> int:
+    """Estimated size of one checkpoint: every network's parameters and Adam's two moments, float32
+    (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        nets = build_networks(cfg, registry)
+    return sum(3 * 4 * p.numel() for _, m in nets.items() for p in m.parameters())
+
+
+def check_room(where: Path, cfg: RunConfig, registry: Registry, flag: str) -> None:
+    try:
+        need = checkpoint_bytes(cfg, registry) + SPACE_MARGIN_BYTES
+    except Exception:  # noqa: BLE001 - a plugin network that cannot be built on "meta": skip the estimate
+        return
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise StorageError(f"{flag} {where}: {free / 2**20:.0f} MiB free, a checkpoint of this run needs about "
+                           f"{need / 2**20:.0f} MiB")
+
+
+def check_train(cfg: RunConfig, registry: Registry, run_dir: Path, *, resume: bool) -> RunConfig:
+    """Everything ``bicycle train`` can check before reading data: the resolved config and the run dir."""
+    cfg = resolve(cfg, registry)
+    if not resume and (run_dir / "checkpoints" / "latest").exists():
+        raise ConfigError(f"run dir {run_dir} already holds a run: continue it with --resume {run_dir}, "
+                          f"or choose another --run-dir")
+    where = check_writable(run_dir, "--run-dir")
+    check_room(where, cfg, registry, "--run-dir")
+    return cfg
+
+
+def check_inference(device: str, seed: int, out_dir: Path | None = None, json_path: Path | None = None) -> None:
+    """``bicycle sample`` / ``bicycle eval``: the device, the seed and the output paths, before loading anything."""
+    from bicycle.build import pick_device
+    from bicycle.config import MAX_SEED
+
+    pick_device(device)
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be within [0, {MAX_SEED}], got {seed}")
+    if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise StorageError(f"--out {out_dir} is a file, not a folder")
+        check_writable(out_dir, "--out")
+    if json_path is not None:
+        check_output_file(json_path, "--json")
