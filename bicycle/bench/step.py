@@ -101,6 +101,7 @@ def measure_step(mode: str, cfg, device: str, precision: str, warmup: int, iters
     from bicycle.train.reference import reference_step
     from bicycle.train.state import build_state
 
+    gc.collect()  # the previous measurement's networks and graph, before this one's peak memory
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -183,8 +184,6 @@ def measure_step(mode: str, cfg, device: str, precision: str, warmup: int, iters
     else:
         rec["note"] = ("CPU: eager only (no CUDA graphs on CPU); fused-eager = the training step with the C++ fused "
                        "ops; data_fraction: batch making (inline on CPU) / ms_per_iter")
-    del state, g
-    gc.collect()
     return rec
 
 

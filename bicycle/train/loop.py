@@ -12,7 +12,7 @@ import torch
 
 from bicycle.build import build_dataset, build_eval_dataset, pick_device, resolve
 from bicycle.config import RunConfig
-from bicycle.errors import CheckpointError, ConfigError, NonFiniteError, TrainingDiverged
+from bicycle.errors import CheckpointError, NonFiniteError, TrainingDiverged
 from bicycle.io import (atomic_write_bytes, load_checkpoint, load_networks, load_optimizers, remove_stale_temporaries,
                         resolve_checkpoint_path, writing)
 from bicycle.plugins import Plugins, get_plugins
