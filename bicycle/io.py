@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 import tempfile
 from dataclasses import dataclass
@@ -73,16 +74,26 @@ def writing(what: str | Path, after: str = "") -> Iterator[None]:
     the path; ``after`` is appended (e.g. which checkpoint is still intact)."""
     try:
         yield
+    except SafetensorError as exc:  # safetensors reports its own failed writes (ENOSPC, EFBIG, EIO) this way
+        raise StorageError(f"cannot write {what}: {exc}" + (f"; {after}" if after else "")) from exc
     except OSError as exc:
-        named = exc.filename and not str(exc.filename).endswith(TMP_SUFFIX)  # an atomic write's temporary: name the target
+        named = exc.filename and not _temporary(Path(str(exc.filename)).name)  # a temporary: name the target
         path = exc.filename if named else what
         reason = exc.strerror or type(exc).__name__
         raise StorageError(f"cannot write {path}: {reason}" + (f"; {after}" if after else "")) from exc
 
 
+# safetensors' save_file writes its own ".tmpXXXXXX" next to its target and renames it over ours.
+_WRITER_TMP = re.compile(r"^\.tmp[A-Za-z0-9_]{6,}$")
+
+
+def _temporary(name: str) -> bool:
+    return (name.startswith(".") and name.endswith(TMP_SUFFIX)) or bool(_WRITER_TMP.match(name))
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files that interrupted atomic writes left in ``folder``; returns them."""
-    stale = sorted(folder.glob(f".*{TMP_SUFFIX}")) if folder.is_dir() else []
+    stale = sorted(p for p in folder.iterdir() if p.is_file() and _temporary(p.name)) if folder.is_dir() else []
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

@@ -88,11 +88,13 @@ def check_room(where: Path, cfg: RunConfig, registry: Registry, flag: str) -> No
 def check_train(cfg: RunConfig, registry: Registry, run_dir: Path, *, resume: bool) -> RunConfig:
     """Everything ``bicycle train`` can check before reading data: the resolved config and the run dir."""
     cfg = resolve(cfg, registry)
-    if not resume and (run_dir / "checkpoints" / "latest").exists():
+    ckpts = run_dir / "checkpoints"
+    if not resume and ((ckpts / "latest").exists() or any(ckpts.glob("step_*.safetensors"))):
         raise ConfigError(f"run dir {run_dir} already holds a run: continue it with --resume {run_dir}, "
                           f"or choose another --run-dir")
-    where = check_writable(run_dir, "--run-dir")
-    check_room(where, cfg, registry, "--run-dir")
+    flag = "--resume" if resume else "--run-dir"
+    where = check_writable(run_dir, flag)
+    check_room(where, cfg, registry, flag)
     return cfg
 
 

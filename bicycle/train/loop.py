@@ -91,7 +91,8 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
         assert state.guard is not None
         state.guard.reset(start)
 
-    ckpt_dir, sample_dir = _prepare_run_dir(run_dir, echo)
+    with writing(run_dir):
+        ckpt_dir, sample_dir = _prepare_run_dir(run_dir, echo)
     log = RunLog(run_dir)
     echo = log.tee(echo)
 
@@ -152,7 +153,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
                                         "sec_per_step": progress.rate(step)},
                                config=cfg, run_dir=run_dir)
             if step % cfg.train.sample_every == 0:
-                with writing(sample_dir):
+                with writing(sample_dir, after=_last_good(ckpt_dir) + " (intact)"):
                     path, warning = grids.write(state.nets, step, device)
                 notify("bicycle_train_sample", step=step, path=path, config=cfg, run_dir=run_dir)
                 if warning:
