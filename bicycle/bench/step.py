@@ -199,6 +199,9 @@ def run_step_bench(device: str = "cpu", batch_sizes: list[int] | None = None, js
     if device == "cuda" and not torch.cuda.is_available():
         from bicycle.ops import OpUnavailableError
         raise OpUnavailableError("bench --step: device 'cuda' requested but torch sees no CUDA device")
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # for every mode alike; TF32 stays at torch's defaults
+    warmup, iters, prof = step_iters(device, quick)
     records: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bicycle-bench-") as tmp:
         for n in step_batches(device, batch_sizes, quick):
@@ -213,7 +216,6 @@ def run_step_bench(device: str = "cpu", batch_sizes: list[int] | None = None, js
                 continue
             eager_ms = None
             for mode, precision in step_modes(device, n, precisions):
-                warmup, iters, prof = step_iters(device, quick)
                 for rec in measured({**key, "mode": mode, "precision": precision},
                                     lambda: measure_step(mode, cfg, device, precision, warmup, iters, prof, dataset),
                                     keep_going):
@@ -248,7 +250,6 @@ def step_modes(device: str, batch_size: int, precisions: list[str] | None = None
 def step_iters(device: str, quick: bool) -> tuple[int, int, int]:
     """(warm-up, timed, profiled) iterations."""
     if device == "cuda":
-        torch.backends.cudnn.benchmark = True  # for every mode alike; TF32 stays at torch's defaults
         return (5, 10, 2) if quick else (6, 20, 3)
     return (1, 3, 0) if quick else (2, 8, 0)
 
