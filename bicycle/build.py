@@ -90,8 +90,9 @@ def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -
     return cfg
 
 
-def build_networks(cfg: RunConfig, registry: Registry) -> Nets:
-    """G, E (if the model uses one), D and D2 (bicycle only), on the CPU, initialised."""
+def build_networks(cfg: RunConfig, registry: Registry, *, inference: bool = False) -> Nets:
+    """G, E (if the model uses one), D and D2 (bicycle only), on the CPU, initialised.
+    ``inference``: G and E only (what translating needs)."""
     n, model = cfg.net, MODELS[cfg.train.model]
     g_args = GeneratorArgs(n.in_channels, n.out_channels, n.nz, n.image_size, n.ngf, n.norm, n.upsample, n.dropout)
     with plugin_code(registry.plugin_of("backbone", n.backbone), f"backbone {n.backbone!r}"):
@@ -104,6 +105,8 @@ def build_networks(cfg: RunConfig, registry: Registry) -> Nets:
         return MultiScaleDiscriminator(n.out_channels, n.image_size, n.ndf, n.d_layers, n.d_scales, n.norm)
 
     E = ENCODERS[n.encoder](n.out_channels, n.nz, n.image_size, n.nef, n.norm) if model.uses_encoder else None
+    if inference:
+        return Nets(G=G, E=E)
     D = disc()
     D2 = disc() if "D2" in model.discriminators else None
     return Nets(G=G, D=D, E=E, D2=D2)

@@ -5,6 +5,9 @@ Layout of a checkpoint file's tensors:
   ``opt.<net>.<i>.<key>``                                  Adam state of parameter i (exp_avg, ...)
   ``rng.torch`` (+ ``rng.cuda``)                            RNG states (uint8)
 Metadata (strings): format, config (JSON), step, data position, optimizer param groups (JSON).
+
+Inference weights (``bicycle export``, format ``bicycle-weights/1``) hold ``G.*`` and ``E.*`` only, in
+float32, float16 or bfloat16, with the config, the step and the checkpoint they came from.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from bicycle.errors import CheckpointError, ConfigError, NonFiniteError, Storage
 from bicycle.nets import Nets
 
 FORMAT = "bicycle-checkpoint/1"
+WEIGHTS_FORMAT = "bicycle-weights/1"
+NETWORKS = ("G", "E", "D", "D2")
 LATEST = "latest"
 
 
@@ -115,6 +120,11 @@ class Checkpoint:
     tensors: dict[str, Tensor]
     metadata: dict[str, str]
 
+    @property
+    def weights_only(self) -> bool:
+        """Exported inference weights (G and E; no discriminators, no optimizer state)."""
+        return self.metadata.get("format") == WEIGHTS_FORMAT
+
 
 def _state_tensors(nets: Nets) -> dict[str, Tensor]:
     out = {}
@@ -156,6 +166,22 @@ def save_checkpoint(path: Path, config: RunConfig, nets: Nets, step: int,
     return path
 
 
+def save_weights(path: Path, config: RunConfig, nets: Nets, step: int, dtype: torch.dtype = torch.float32,
+                 source: str = "") -> Path:
+    """Write G's and E's weights (cast to ``dtype``) with the config, atomically: what ``bicycle.load`` and
+    ``bicycle sample`` need, nothing for training. Values that ``dtype`` cannot hold are refused."""
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in _state_tensors(nets).items()
+               if k.split(".", 1)[0] in ("G", "E")}
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise NonFiniteError(f"refusing to write {path}: {_names(bad)} do not fit in {str(dtype).removeprefix('torch.')} "
+                             f"(or were not finite); export in float32")
+    meta = {"format": WEIGHTS_FORMAT, "config": config.to_json(), "step": str(step),
+            "dtype": str(dtype).removeprefix("torch."), "source": source}
+    _atomic_save_tensors(path, tensors, meta)
+    return path
+
+
 def resolve_checkpoint_path(path: str | Path) -> Path:
     """A file, or a run dir / its checkpoints/ folder (then the latest checkpoint)."""
     p = Path(path)
@@ -186,8 +212,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {p}: {exc}") from exc
     meta = header.get("__metadata__", {}) or {}
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{p} is not a bicycle checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+    if meta.get("format") not in (FORMAT, WEIGHTS_FORMAT):
+        raise CheckpointError(f"{p} is not a bicycle checkpoint (format {meta.get('format')!r}, expected {FORMAT!r} "
+                              f"or {WEIGHTS_FORMAT!r})")
     try:
         config = RunConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, ValueError, ConfigError, TypeError) as exc:
@@ -209,12 +236,19 @@ def _names(keys: list[str], limit: int = 6) -> str:
 
 
 def load_networks(ckpt: Checkpoint, nets: Nets) -> None:
-    """Load weights strictly: missing/unexpected tensors and shape mismatches are named."""
+    """Load weights strictly: missing/unexpected tensors and shape mismatches are named. Tensors of a network
+    that ``nets`` does not hold (a full checkpoint's discriminators, loaded for inference) are not read."""
     expected = _state_tensors(nets)
-    stored = {k: v for k, v in ckpt.tensors.items() if not k.startswith(("opt.", "rng."))}
+    built = {name for name, _ in nets.items()}
+    stored = {k: v for k, v in ckpt.tensors.items()
+              if not k.startswith(("opt.", "rng.")) and not (k.split(".", 1)[0] in NETWORKS and k.split(".", 1)[0] not in built)}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     problems = []
+    absent = [name for name in sorted(built) if not any(k.startswith(f"{name}.") for k in stored)]
+    if absent and ckpt.weights_only:
+        raise CheckpointError(f"{ckpt.path} holds inference weights (G and E) only, no {', '.join(absent)}: "
+                              f"it translates but cannot resume training")
     if missing:
         problems.append(f"missing tensors: {_names(missing)}")
     if unexpected:
@@ -239,6 +273,8 @@ def load_optimizers(ckpt: Checkpoint, optimizers: dict[str, torch.optim.Optimize
     for name, opt in optimizers.items():
         key = f"opt.{name}.param_groups"
         if key not in ckpt.metadata:
+            if ckpt.weights_only:
+                raise CheckpointError(f"{ckpt.path} holds inference weights only: it translates but cannot resume training")
             raise CheckpointError(f"checkpoint {ckpt.path} has no optimizer state for {name}: it cannot resume training")
         groups = json.loads(ckpt.metadata[key])
         for saved, current in zip(groups, opt.param_groups):  # how to run here, not training state

@@ -12,10 +12,11 @@ from bicycle.plugins import get_plugins
 
 
 def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[io.Checkpoint, Nets, torch.device]:
-    """Networks rebuilt from the checkpoint's own config, weights loaded strictly, in eval mode."""
+    """G and E rebuilt from the checkpoint's own config (a run dir, a checkpoint or exported weights), weights
+    loaded strictly (float32 whatever the file's dtype), in eval mode on ``device``."""
     ckpt = io.load_checkpoint(checkpoint)
     dev = pick_device(device)
-    nets = build_networks(ckpt.config, get_plugins().registry)
+    nets = build_networks(ckpt.config, get_plugins().registry, inference=True)
     io.load_networks(ckpt, nets)
     for _, m in nets.items():
         m.to(dev).eval()

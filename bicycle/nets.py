@@ -13,10 +13,11 @@ Outputs = Tensor | list[Tensor]
 
 @dataclass
 class Nets:
-    """The networks of a run. E and D2 are None for models that do not use them."""
+    """The networks of a run. E and D2 are None for models that do not use them; D and D2 are None
+    when the networks were built for inference only (:func:`bicycle.build.build_networks`)."""
 
     G: nn.Module
-    D: nn.Module
+    D: nn.Module | None = None
     E: nn.Module | None = None
     D2: nn.Module | None = None
 
