@@ -68,3 +68,10 @@ class StorageError(BicycleError):
     """A run dir or output path that cannot be written: permission, read-only, disk full."""
 
     exit_code = 8
+
+
+class ExportError(BicycleError):
+    """A model that cannot be exported or converted: an unexportable plugin network, an ONNX check that
+    failed, weights of another implementation that do not map onto a bicycle model."""
+
+    exit_code = 9

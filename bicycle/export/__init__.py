@@ -1,0 +1,1 @@
+"""Trained models out of bicycle: inference weights (safetensors) and ONNX."""
