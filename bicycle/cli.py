@@ -168,26 +168,26 @@ def _resumed_config(ctx: click.Context, preset: str, run_dir: Path | None, resum
 
 
 @main.command()
-@click.option("--checkpoint", required=True, help="a checkpoint file or a run dir (its latest checkpoint)")
+@click.option("--checkpoint", required=True, help="a run dir (its latest checkpoint), a checkpoint or exported weights")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), help="an image or a folder of images (no ground truth)")
-@click.option("--data", help="dataset name or folder: inputs with ground truth (val split)")
+@click.option("--data", help="dataset name or folder: inputs with ground truth (val split); default: the checkpoint's own")
 @click.option("--samples", type=int, default=8, show_default=True, help="outputs per input, each from a random z")
-@click.option("--inputs", "n_inputs", type=int, default=8, show_default=True, help="inputs taken from --data")
+@click.option("--inputs", "n_inputs", type=int, default=8, show_default=True, help="inputs taken from the dataset")
+@click.option("--reference", "references", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="a guide image (output domain): translate with its code instead of random z; repeatable")
+@click.option("--interpolate", type=int, default=0, help="K frames per input walking z between two codes: a GIF and a PNG strip")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int, out: Path,
-           seed: int, device: str) -> None:
+def sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int,
+           references: tuple[Path, ...], interpolate: int, out: Path, seed: int, device: str) -> None:
     """Write, per input, a grid (input, ground truth and encoded output when known, N random-z outputs)
-    and the individual outputs."""
-    if (input_path is None) == (data is None):
-        raise click.UsageError("give exactly one of --input IMAGE_OR_DIR or --data NAME|PATH")
-    if samples < 1 or n_inputs < 1:
-        raise click.UsageError("--samples and --inputs must be at least 1")
-    from bicycle.preflight import check_inference
+    and the individual outputs; with --interpolate, an animated GIF and a strip per input."""
+    from bicycle.preflight import check_sample
     from bicycle.sampling import run_sample
-    _run(check_inference, device, seed, out_dir=out)
-    _run(run_sample, checkpoint, input_path, data, samples, n_inputs, out, seed, device, click.echo)
+    _run(check_sample, input_path, data, samples, n_inputs, interpolate, references, device, seed, out)
+    _run(run_sample, checkpoint, input_path, data, samples, n_inputs, out, seed, device, click.echo,
+         references=references, interpolate=interpolate)
 
 
 @main.command("eval")
@@ -238,13 +238,16 @@ def env() -> None:
         click.echo(line)
 
 
-def _attach_bench() -> None:
+def _attach_commands() -> None:
+    """Commands that live beside their library code."""
     from bicycle.bench.command import bench
+    from bicycle.export.command import export
 
     main.add_command(bench, "bench")
+    main.add_command(export, "export")
 
 
-_attach_bench()
+_attach_commands()
 
 if __name__ == "__main__":
     main()

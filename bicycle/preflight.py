@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from bicycle.build import build_networks, resolve
 from bicycle.config import RESUMABLE_KEYS, RunConfig, replace
-from bicycle.errors import ConfigError, StorageError
+from bicycle.errors import ConfigError, DataError, StorageError
 from bicycle.registry import Registry
 
 # Room asked for beyond the estimated checkpoint size (samples, logs, the file system's own slack).
@@ -98,17 +99,51 @@ def check_train(cfg: RunConfig, registry: Registry, run_dir: Path, *, resume: bo
     return cfg
 
 
-def check_inference(device: str, seed: int, out_dir: Path | None = None, json_path: Path | None = None) -> None:
-    """``bicycle sample`` / ``bicycle eval``: the device, the seed and the output paths, before loading anything."""
+def check_inference(device: str, seed: int, out_dir: Path | None = None, json_path: Path | None = None,
+                    references: Sequence[Path] = ()) -> None:
+    """``bicycle sample`` / ``bicycle eval``: the device, the seed, the reference images and the output paths,
+    before loading anything."""
     from bicycle.build import pick_device
     from bicycle.config import MAX_SEED
 
     pick_device(device)
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"--seed must be within [0, {MAX_SEED}], got {seed}")
+    for ref in references:
+        if not ref.is_file():
+            raise DataError(f"--reference {ref} does not exist")
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
             raise StorageError(f"--out {out_dir} is a file, not a folder")
         check_writable(out_dir, "--out")
     if json_path is not None:
         check_output_file(json_path, "--json")
+
+
+def check_sample(input_path: Path | None, data: str | None, samples: int, n_inputs: int, interpolate: int,
+                 references: Sequence[Path], device: str, seed: int, out_dir: Path) -> None:
+    """``bicycle sample``'s flags, then :func:`check_inference`."""
+    if input_path is not None and data is not None:
+        raise ConfigError("give at most one of --input IMAGE_OR_DIR or --data NAME|PATH")
+    if samples < 1 or n_inputs < 1:
+        raise ConfigError("--samples and --inputs must be at least 1")
+    if interpolate == 1 or interpolate < 0:
+        raise ConfigError(f"--interpolate needs at least 2 frames, got {interpolate}")
+    if interpolate and len(references) not in (0, 2):
+        raise ConfigError(f"--interpolate walks between two --reference images; {len(references)} given")
+    if interpolate and not references and samples < 2:
+        raise ConfigError("--interpolate walks between the first two random codes: give --samples 2 or more")
+    check_inference(device, seed, out_dir=out_dir, references=references)
+
+
+def check_export(out: Path | None, onnx_path: Path | None, device: str) -> None:
+    """``bicycle export``: something to write, and paths that can be written."""
+    from bicycle.build import pick_device
+
+    if out is None and onnx_path is None:
+        raise ConfigError("nothing to export: give --out model.safetensors and/or --onnx model.onnx")
+    pick_device(device)
+    if out is not None:
+        check_output_file(out, "--out")
+    if onnx_path is not None:
+        check_output_file(onnx_path, "--onnx")

@@ -1,51 +1,78 @@
 """``bicycle sample``: load a checkpoint (the config travels with it) and translate inputs."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-
+from bicycle.api import Model, load, to_pil
 from bicycle.build import build_eval_dataset, check_channels
 from bicycle.data.base import oracle_of
-from bicycle.loading import load_model
 from bicycle.plugins import get_plugins
-from bicycle.sample import distinct_valid_modes, sample_grid, save_image
+from bicycle.sample import distinct_valid_modes, grid_image, sample_grid, save_image
+
+GIF_FRAME_MS = 120
 
 
-def run_sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int,
-               out: Path, seed: int, device: str, echo: Callable[[str], None] = print) -> dict:
-    ckpt, nets, dev = load_model(checkpoint, device)
-    cfg = ckpt.config
-    echo(f"checkpoint {ckpt.path} (step {ckpt.step}, model {cfg.train.model}, {cfg.net.image_size} px)")
-    names: list[str]
-    b = None
-    oracle = None
+def _inputs(model: Model, input_path: Path | None, data: str | None, n_inputs: int, echo: Callable[[str], None]):
+    """(A [N, C, S, S], B or None, names, oracle or None): the files of ``input_path``, or the val split of
+    ``data`` (default: the dataset the checkpoint was trained on)."""
+    cfg = model.config
     if input_path is not None:
         from bicycle.data.images import input_paths, load_input_images
         paths = input_paths(input_path)
-        a = load_input_images(input_path, cfg.net.image_size, cfg.net.in_channels)
-        names = [p.stem for p in paths]
+        return load_input_images(input_path, cfg.net.image_size, cfg.net.in_channels), None, [p.stem for p in paths], None
+    if data is None:
+        echo(f"inputs: the checkpoint's own dataset {cfg.data.data!r} (val split)")
+    dcfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data=data or cfg.data.data))
+    ds = build_eval_dataset(dcfg, get_plugins().registry, "the inputs", echo=echo)
+    check_channels(ds, dcfg)
+    n = min(n_inputs, len(ds))
+    a, b = ds.get_batch(list(range(n)))
+    return a, b, [f"input_{i:03d}" for i in range(n)], oracle_of(ds)
+
+
+def write_animation(frames: torch.Tensor, stem: Path) -> None:
+    """frames [F, C, S, S] in [-1, 1] -> ``stem``.gif (looping, GIF_FRAME_MS per frame) and ``stem``.png
+    (the frames in a row)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    rgb = [to_pil(f).convert("RGB") for f in frames]
+    rgb[0].save(stem.with_suffix(".gif"), save_all=True, append_images=rgb[1:], duration=GIF_FRAME_MS, loop=0)
+    grid_image([list(frames)]).save(stem.with_suffix(".png"))
+
+
+def run_sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int,
+               out: Path, seed: int, device: str, echo: Callable[[str], None] = print,
+               references: Sequence[Path] = (), interpolate: int = 0) -> dict:
+    model = load(checkpoint, device)
+    cfg = model.config
+    echo(f"checkpoint {model.path} (step {model.step}, model {cfg.train.model}, {cfg.net.image_size} px)")
+    a, b, names, oracle = _inputs(model, input_path, data, n_inputs, echo)
+    if references:
+        codes = model.encode(list(references))
+        z = codes[None].expand(len(a), -1, -1)
+        echo(f"codes: {len(references)} reference image(s) encoded (one output per reference)")
     else:
-        import dataclasses
-        dcfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data=data))
-        registry = get_plugins().registry
-        ds = build_eval_dataset(dcfg, registry, "the inputs", echo=echo)
-        check_channels(ds, dcfg)
-        n = min(n_inputs, len(ds))
-        a, b = ds.get_batch(list(range(n)))
-        names = [f"input_{i:03d}" for i in range(n)]
-        oracle = oracle_of(ds)
-    z = torch.randn(a.shape[0], samples, cfg.net.nz, generator=torch.Generator().manual_seed(seed))
-    image, outs = sample_grid(nets, a.to(dev), None if b is None else b.to(dev), z.to(dev))
+        z = model.random_z(len(a), samples, seed)
+    dev = model.device
+    image, outs = sample_grid(model.nets, a.to(dev), None if b is None else b.to(dev), z.to(dev))
     out.mkdir(parents=True, exist_ok=True)
     image.save(out / "grid.png")
+    kind = "reference" if references else "sample"
     for i, name in enumerate(names):
-        for k in range(samples):
-            save_image(outs[i, k], out / name / f"sample_{k:02d}.png")
-    echo(f"wrote {out / 'grid.png'} and {len(names) * samples} outputs under {out}/")
-    result: dict = {"grid": str(out / "grid.png"), "inputs": len(names), "samples": samples}
-    if oracle is not None:
+        for k in range(outs.shape[1]):
+            save_image(outs[i, k], out / name / f"{kind}_{k:02d}.png")
+    echo(f"wrote {out / 'grid.png'} and {len(names) * outs.shape[1]} outputs under {out}/")
+    result: dict = {"grid": str(out / "grid.png"), "inputs": len(names), "samples": int(outs.shape[1])}
+    if interpolate:
+        for i, name in enumerate(names):
+            frames = model.interpolate(a[i], z[i, 0], z[i, 1], interpolate, tensors=True)
+            write_animation(frames, out / name / "interpolation")
+        ends = "the two reference codes" if references else "sample_00's and sample_01's codes"
+        echo(f"wrote {len(names)} interpolations ({interpolate} frames between {ends}): <input>/interpolation.gif and .png")
+        result["interpolation_frames"] = interpolate
+    if oracle is not None and not references:
         distinct, valid = distinct_valid_modes(oracle, a, outs.cpu())
         echo(f"oracle: valid rate {valid.float().mean():.2f}; distinct valid modes per input {distinct.tolist()}")
         result.update(valid_rate=float(valid.float().mean()), modes_per_input=distinct.tolist())

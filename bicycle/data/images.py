@@ -350,35 +350,51 @@ def scan_images(
     return check.good
 
 
-def open_image(path: str | Path, channels: int | None = None) -> Image.Image:
-    """Decode ``path`` fully into a Pillow image of mode ``L`` (1 channel) or ``RGB`` (3 channels).
+def convert_image(im: Image.Image, channels: int | None = None) -> Image.Image:
+    """A decoded Pillow image -> mode ``L`` (1 channel) or ``RGB`` (3 channels), by the module's channel rules.
 
-    channels: None keeps the file's own channel count (see the module docstring); 1 or 3 converts
-    (RGB -> L by ITU-R 601 luma, L -> RGB by repetition). Raises DataError naming the file.
-    """
+    channels: None keeps the image's own channel count; 1 or 3 converts (RGB -> L by ITU-R 601 luma,
+    L -> RGB by repetition)."""
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {channels!r}")
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(im)
+        if mode == "I":
+            arr = np.clip(arr, 0, 65535)
+        img = Image.fromarray((arr.astype(np.uint32) >> 8).astype(np.uint8), mode="L")
+    elif channels_of_mode(mode) == 1:
+        img = im.convert("L")
+    else:
+        img = im.convert("RGB") if mode != "RGB" else im.copy()
+    want = channels if channels is not None else channels_of_mode(img.mode)
+    target = "L" if want == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def open_image(path: str | Path, channels: int | None = None) -> Image.Image:
+    """Decode ``path`` fully into a Pillow image of mode ``L`` (1 channel) or ``RGB`` (3 channels), converted
+    as :func:`convert_image` says. Raises DataError naming the file."""
     path = Path(path)
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 or 3, not {channels!r}")
     try:
         with Image.open(path) as im:
             im.load()
-            mode = im.mode
-            if mode.startswith("I;16") or mode == "I":
-                arr = np.asarray(im)
-                if mode == "I":
-                    arr = np.clip(arr, 0, 65535)
-                img = Image.fromarray((arr.astype(np.uint32) >> 8).astype(np.uint8), mode="L")
-            elif channels_of_mode(mode) == 1:
-                img = im.convert("L")
-            else:
-                img = im.convert("RGB") if mode != "RGB" else im.copy()
+            return convert_image(im, channels)
     except DataError:
         raise
     except Exception as e:
         raise DataError(unreadable(path, e).message) from e
-    want = channels if channels is not None else channels_of_mode(img.mode)
-    target = "L" if want == 1 else "RGB"
-    return img if img.mode == target else img.convert(target)
+
+
+def image_to_tensor(img: Image.Image, image_size: int, channels: int, resample: str = "bicubic") -> torch.Tensor:
+    """A Pillow image -> float32 [channels, image_size, image_size] in [-1, 1] (u8 / 127.5 - 1): converted to
+    ``channels`` (:func:`convert_image`) and resized (``resample``) when its size differs."""
+    img = convert_image(img, channels)
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), RESAMPLE[resample])
+    return torch.from_numpy(to_array(img)).permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0
 
 
 def to_array(img: Image.Image) -> np.ndarray:
@@ -425,13 +441,8 @@ def load_input_images(
         raise DataError(f"cannot load inputs with {channels} channels: only 1 or 3 are supported")
     if image_size < 1:
         raise DataError(f"cannot load inputs at image size {image_size}")
-    method = RESAMPLE[resample]
     paths = input_paths(path_or_dir)
     out = torch.empty(len(paths), channels, image_size, image_size, dtype=torch.float32)
     for i, p in enumerate(paths):
-        img = open_image(p, channels)
-        if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), method)
-        arr = torch.from_numpy(to_array(img))
-        out[i] = arr.permute(2, 0, 1).to(torch.float32) / 127.5 - 1.0
+        out[i] = image_to_tensor(open_image(p, channels), image_size, channels, resample)
     return out

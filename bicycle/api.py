@@ -1,0 +1,200 @@
+"""A trained model from Python: ``bicycle.load(path)`` and :class:`Model` (translate, encode, interpolate).
+
+No training code behind it: G and E are rebuilt from the file's own config and run in eval mode.
+
+Inputs ("image-likes"): a file path, a Pillow image, a uint8 numpy array [H, W] or [H, W, C], or a
+float tensor [C, S, S] already in the model's range [-1, 1] at the model's size and channels (a
+batch [N, C, S, S] counts as N inputs). Paths, images and arrays are converted to the model's
+channels as ``bicycle sample --input`` converts files (RGB -> 1 channel by ITU-R 601 luma, grey -> 3 by
+repetition, alpha dropped), resized to the model's size (bicubic) and scaled to [-1, 1] (u8 / 127.5 - 1).
+"""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from bicycle.config import RunConfig
+from bicycle.data.images import convert_image, image_to_tensor, open_image
+from bicycle.errors import ConfigError, DataError
+from bicycle.loading import load_model
+from bicycle.nets import Nets
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray, Tensor]
+BATCH = 32  # (input, code) pairs per generator call
+
+
+def load(path: str | Path, device: str = "auto") -> Model:
+    """A run dir (its newest checkpoint), a checkpoint file or exported weights (``bicycle export``).
+    Non-finite weights are refused, naming the file (:class:`bicycle.errors.NonFiniteError`)."""
+    ckpt, nets, dev = load_model(path, device)
+    return Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path)
+
+
+def to_pil(t: Tensor) -> Image.Image:
+    """[C, H, W] in [-1, 1] -> a Pillow image, mode ``L`` for 1 channel, ``RGB`` for 3."""
+    arr = ((t.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[:, :, 0], "L") if arr.shape[2] == 1 else Image.fromarray(arr, "RGB")
+
+
+class Model:
+    """A trained BicycleGAN (or baseline) for inference. ``nets``: G (and E when the model has one)."""
+
+    def __init__(self, nets: Nets, config: RunConfig, device: torch.device, step: int = 0,
+                 path: Path | None = None) -> None:
+        self.nets, self.config, self.device, self.step, self.path = nets, config, device, step, path
+        for _, m in nets.items():
+            m.eval()
+
+    @property
+    def nz(self) -> int:
+        return self.config.net.nz
+
+    @property
+    def image_size(self) -> int:
+        return self.config.net.image_size
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.nets.E is not None
+
+    def __repr__(self) -> str:
+        n = self.config.net
+        return (f"bicycle.Model({self.config.train.model}, {n.backbone}/{n.inject}, {n.image_size} px, "
+                f"{n.in_channels}->{n.out_channels} channels, nz {n.nz}, step {self.step}, {self.device})")
+
+    # -- inputs -------------------------------------------------------------------------------------------
+
+    def prepare(self, images: ImageLike | Sequence[ImageLike], channels: int | None = None) -> Tensor:
+        """Image-likes -> float32 [N, C, S, S] in [-1, 1] on the CPU (C: the model's input channels, or
+        ``channels``). A single image-like gives N = 1."""
+        c = channels or self.config.net.in_channels
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not items:
+            raise DataError("no inputs given (an empty list)")
+        parts = [self._one(x, c) for x in items]
+        return torch.cat(parts)
+
+    def _one(self, x: ImageLike, c: int) -> Tensor:
+        s = self.image_size
+        if isinstance(x, (str, Path)):
+            return image_to_tensor(open_image(x, c), s, c)[None]
+        if isinstance(x, Image.Image):
+            return image_to_tensor(convert_image(x, c), s, c)[None]
+        if isinstance(x, np.ndarray):
+            if x.dtype != np.uint8 or x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] not in (1, 3, 4)):
+                raise DataError(f"an array input must be uint8 [H, W] or [H, W, 1|3|4], got {x.dtype} {list(x.shape)} "
+                                f"(floats in [0, 1]: pass (x * 255).round().astype(np.uint8))")
+            return image_to_tensor(Image.fromarray(x[:, :, 0] if x.ndim == 3 and x.shape[2] == 1 else x), s, c)[None]
+        if isinstance(x, Tensor):
+            t = x[None] if x.dim() == 3 else x
+            if t.dim() != 4 or tuple(t.shape[1:]) != (c, s, s) or not t.is_floating_point():
+                raise DataError(f"a tensor input must be float [{c}, {s}, {s}] or [N, {c}, {s}, {s}] in [-1, 1] "
+                                f"(this model's channels and size), got {x.dtype} {list(x.shape)}")
+            if not bool(torch.isfinite(t).all()):
+                raise DataError("a tensor input holds NaN or inf")
+            return t.detach().float().cpu()
+        raise TypeError(f"cannot translate a {type(x).__name__}: give a path, a PIL image, a uint8 array or a tensor")
+
+    def _codes(self, z: Tensor, n_inputs: int) -> Tensor:
+        """z [nz], [K, nz] (shared by every input) or [N, K, nz] -> [N, K, nz] float32 on the CPU."""
+        z = torch.as_tensor(z).detach().float().cpu()
+        if z.dim() == 1:
+            z = z[None]
+        if z.dim() == 2:
+            z = z[None].expand(n_inputs, -1, -1)
+        if z.dim() != 3 or z.shape[0] != n_inputs or z.shape[2] != self.nz:
+            raise DataError(f"z must be [{self.nz}], [K, {self.nz}] or [{n_inputs}, K, {self.nz}], got {list(z.shape)}")
+        return z
+
+    def random_z(self, n_inputs: int, n: int, seed: int | None = None) -> Tensor:
+        """[n_inputs, n, nz] standard normal codes on the CPU; the same seed gives the same codes, and
+        input i's codes do not depend on how many inputs follow it (those of ``bicycle sample``)."""
+        seed = secrets.randbits(63) if seed is None else seed
+        return torch.randn(n_inputs, n, self.nz, generator=torch.Generator().manual_seed(seed))
+
+    # -- the model ------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, a: Tensor, z: Tensor) -> Tensor:
+        """a: [N, Cin, S, S] in [-1, 1], z: [N, K, nz] -> [N, K, Cout, S, S] on the CPU (batched on the device)."""
+        n, k = z.shape[:2]
+        a_rep = a.unsqueeze(1).expand(n, k, *a.shape[1:]).reshape(n * k, *a.shape[1:])
+        flat = z.reshape(n * k, self.nz)
+        outs = [self.nets.G(a_rep[i:i + BATCH].to(self.device), flat[i:i + BATCH].to(self.device)).float().cpu()
+                for i in range(0, n * k, BATCH)]
+        out = torch.cat(outs)
+        return out.view(n, k, *out.shape[1:])
+
+    @torch.inference_mode()
+    def encode(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
+        """The code of each image: mu(E(B)), [nz] for one image-like, [N, nz] for a list (or a batch tensor).
+        Images are of the model's output domain (B), converted to its output channels."""
+        if self.nets.E is None:
+            raise ConfigError(f"this model ({self.config.train.model}) has no encoder: it cannot encode images")
+        b = self.prepare(images, self.config.net.out_channels)
+        mu = torch.cat([self.nets.E(b[i:i + BATCH].to(self.device))[0].float().cpu() for i in range(0, len(b), BATCH)])
+        return mu[0] if _single(images) else mu
+
+    def translate(self, inputs: ImageLike | Sequence[ImageLike], n: int = 8, seed: int | None = None,
+                  z: Tensor | None = None, reference: ImageLike | Sequence[ImageLike] | None = None,
+                  tensors: bool = False) -> list:
+        """Outputs G(A, z) for each input A.
+
+        Codes: ``n`` random codes per input (seeded by ``seed``; None draws a fresh seed); or ``z`` given
+        ([nz], [K, nz] shared by every input, or [N, K, nz]); or ``reference``: one image-like or a list,
+        encoded (:meth:`encode`) to one code each, the paper's "style from a reference". ``n`` counts only
+        for random codes.
+
+        Returns, for one input, a list of its outputs (Pillow images, ``L`` or ``RGB``), for a list of
+        inputs a list of such lists; ``tensors=True``: [K, C, S, S] or [N, K, C, S, S] in [-1, 1] instead.
+        """
+        if sum(v is not None for v in (z, reference)) > 1:
+            raise ConfigError("give z or reference, not both")
+        a = self.prepare(inputs)
+        if reference is not None:
+            codes = self._codes(self.encode(reference), len(a))
+        elif z is not None:
+            codes = self._codes(z, len(a))
+        else:
+            if n < 1:
+                raise ConfigError(f"n must be at least 1, got {n}")
+            codes = self.random_z(len(a), n, seed)
+        out = self.generate(a, codes)
+        if tensors:
+            return out[0] if _single(inputs) else out
+        images = [[to_pil(t) for t in row] for row in out]
+        return images[0] if _single(inputs) else images
+
+    def interpolate(self, image: ImageLike, z0: Tensor | ImageLike, z1: Tensor | ImageLike, frames: int = 8,
+                    tensors: bool = False) -> list:
+        """``frames`` outputs for one input, z walking linearly from z0 to z1 (each a code [nz], or a
+        reference image-like, encoded). Returns Pillow images, or [frames, C, S, S] with ``tensors``."""
+        if frames < 2:
+            raise ConfigError(f"frames must be at least 2, got {frames}")
+        if not _single(image):
+            raise DataError("interpolate takes one input image")
+        ends = [self._code(z) for z in (z0, z1)]
+        t = torch.linspace(0, 1, frames)[:, None]
+        codes = (1 - t) * ends[0] + t * ends[1]
+        return self.translate(image, z=codes, tensors=tensors)
+
+    def _code(self, z: Tensor | ImageLike) -> Tensor:
+        if isinstance(z, Tensor) and z.dim() == 1:
+            if z.shape[0] != self.nz:
+                raise DataError(f"a code must be [{self.nz}], got {list(z.shape)}")
+            return z.detach().float().cpu()
+        return self.encode(z)
+
+
+def _single(x: object) -> bool:
+    """One input (not a list, tuple or [N, C, S, S] batch tensor)."""
+    if isinstance(x, (list, tuple)):
+        return False
+    return not (isinstance(x, Tensor) and x.dim() == 4)

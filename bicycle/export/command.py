@@ -1,0 +1,41 @@
+"""``bicycle export``: a thin layer over :mod:`bicycle.export.weights` and :mod:`bicycle.export.onnx`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+MIB = 2**20
+
+
+@click.command("export")
+@click.argument("run", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="inference weights: G, E and the config (safetensors), for bicycle.load and bicycle sample")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="dtype of the weights in --out (loaded as float32)")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="G(A, z) as ONNX (dynamic batch), E beside it as <name>.encoder.onnx; checked with onnxruntime")
+def export(run: Path, out: Path | None, dtype: str, onnx_path: Path | None) -> None:
+    """Export a trained model (RUN: a run dir, a checkpoint or exported weights) for inference."""
+    from bicycle.cli import _run
+    from bicycle.preflight import check_export
+
+    _run(check_export, out, onnx_path, "cpu")
+    if out is not None:
+        from bicycle.export.weights import export_weights
+        r = _run(export_weights, run, out, dtype)
+        click.echo(f"wrote {out}: {r['bytes'] / MIB:.2f} MiB ({dtype}, step {r['step']}); "
+                   f"{r['source']} is {r['source_bytes'] / MIB:.2f} MiB ({100 * r['bytes'] / r['source_bytes']:.0f}%)")
+    if onnx_path is not None:
+        _run(_onnx, run, onnx_path)
+
+
+def _onnx(run: Path, path: Path) -> dict:
+    from bicycle.export.onnx import export_onnx
+    from bicycle.loading import load_model
+    from bicycle.plugins import get_plugins
+
+    ckpt, nets, _ = load_model(run, "cpu")
+    plugin = get_plugins().registry.plugin_of("backbone", ckpt.config.net.backbone)
+    return export_onnx(nets, ckpt.config, path, backbone_plugin=plugin, check=True, echo=click.echo)
