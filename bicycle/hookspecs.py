@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from bicycle.config import RunConfig
     from bicycle.registry import BackboneSpec, DatasetSpec, InjectorSpec
 
@@ -49,8 +51,12 @@ def bicycle_train_step(step: int, metrics: dict[str, float], config: RunConfig, 
 
 
 @hookspec
-def bicycle_train_sample(step: int, path: Path, config: RunConfig, run_dir: Path) -> None:
-    """Called after a sample grid (PNG at ``path``) was written during training."""
+def bicycle_train_sample(step: int, path: Path, config: RunConfig, run_dir: Path, image: np.ndarray,
+                         measures: dict[str, float]) -> None:
+    """Called after a progress grid (PNG at ``path``) was written during training. ``image``: that grid,
+    uint8 [H, W, 3] (read-only). ``measures``: numbers on the grid's outputs, as Python floats:
+    "z_sensitivity" (at least 2 inputs), and with a dataset oracle "valid_rate" and "modes_per_input".
+    Both are computed only when an implementation declares them."""
 
 
 @hookspec

@@ -67,6 +67,12 @@ class Plugins:
                 why = _failure(impl.plugin_name, f"raised in {hook}: {_describe(exc)}")
                 (warn or _stderr)(f"warning: {why}; it is disabled for the rest of this run")
 
+    def listening(self, hook: str, arg: str) -> bool:
+        """Whether an enabled implementation of ``hook`` declares ``arg``: the caller computes an
+        argument that costs something only then (and must then pass it to :meth:`notify`)."""
+        impls = getattr(self.manager.hook, hook).get_hookimpls()
+        return any(arg in impl.argnames for impl in impls if impl.plugin_name not in self.disabled)
+
     def plugin_names(self) -> list[str]:
         return sorted(name for name, _ in self.manager.list_name_plugin())
 

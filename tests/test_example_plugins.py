@@ -3,19 +3,28 @@ environment is left alone), then used through their ``bicycle`` entry points lik
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from click.testing import CliRunner
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import DEFAULT_SIZE_GUIDANCE, EventAccumulator
 
 from bicycle import plugins
+from bicycle.cli import main
 from bicycle.testing import check_backbone, check_injector
 from bicycle.testing.fixtures import one_torch_thread  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ("resnet_generator", "adain_injector", "tensorboard_logger", "template")
+TINY = ["--image-size", "32", "--ngf", "8", "--nef", "8", "--ndf", "8", "--batch-size", "4", "--steps", "4",
+        "--log-every", "2", "--sample-every", "2", "--checkpoint-every", "2", "--impl", "ref"]
 
 
 @pytest.fixture(scope="session")
@@ -63,22 +72,50 @@ def test_examples_pass_the_kit(examples, one_torch_thread):
     check_injector(reg.injector("adain"), [reg.backbone("unet"), reg.backbone("resnet6")], registry=reg).raise_for_failures()
 
 
+def tensorboard(run_dir: Path) -> EventAccumulator:
+    """What TensorBoard shows of the run: every event file of RUN/tensorboard, everything kept."""
+    return EventAccumulator(str(run_dir / "tensorboard"), size_guidance=dict.fromkeys(DEFAULT_SIZE_GUIDANCE, 0)).Reload()
+
+
+def train(*args: str) -> None:
+    result = CliRunner().invoke(main, ["train", *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
 def test_cli_trains_with_the_example_backbone_and_injector(examples, tmp_path, one_torch_thread):
-    from click.testing import CliRunner
-
-    from bicycle.cli import main
-    from bicycle_tensorboard import read_events
-
     run_dir = tmp_path / "run"
     args = ["train", "--backbone", "resnet6", "--inject", "adain", "--steps", "2", "--image-size", "32", "--ngf", "8",
             "--nef", "8", "--ndf", "8", "--batch-size", "2", "--impl", "ref", "--run-dir", str(run_dir)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (run_dir / "samples" / "final.png").is_file()
-    (events,) = (run_dir / "tensorboard").glob("events.out.tfevents.*")
-    version, scalars = read_events(events)
-    assert version == "brain.Event:2"
-    assert {"train/G_L1", "train/lr"} <= {s.tag for s in scalars if s.step == 2}
+    acc = tensorboard(run_dir)
+    assert [e.step for e in acc.Scalars("train/G_L1")] == [e.step for e in acc.Scalars("train/lr")] == [2]
+
+
+def test_tensorboard_curves_continue_across_a_resume_and_a_crash(examples, tmp_path, one_torch_thread):
+    run = tmp_path / "run"
+    train(*TINY, "--run-dir", str(run))              # steps 1-4
+    train("--resume", str(run), "--steps", "8")      # 5-8
+    # a crash between logging step 8 and writing its checkpoint: the run resumes at 6 and logs 7-8 again
+    (run / "checkpoints" / "step_00000008.safetensors").unlink()
+    resumed_at = time.time()
+    train("--resume", str(run))
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 3
+    acc = tensorboard(run)
+    steps = [2, 4, 6, 8]
+    for name in ("G_GAN", "G_L1", "kl", "z_L1", "D", "D2", "lr", "lambda_kl", "sec_per_step"):
+        assert [e.step for e in acc.Scalars(f"train/{name}")] == steps, name  # one curve, each step once
+    assert acc.Scalars("train/G_L1")[-1].wall_time >= resumed_at  # step 8 of the last session, not the crashed one
+    assert [(e.step, e.value) for e in acc.Scalars("train/interrupted")] == [(4, 0.0), (8, 0.0)]
+    for name in ("z_sensitivity", "valid_rate", "modes_per_input"):  # shapes has an oracle
+        assert [e.step for e in acc.Scalars(f"sample/{name}")] == steps, name
+    assert all(0 <= e.value <= 1 for e in acc.Scalars("sample/valid_rate"))
+    assert all(0 <= e.value <= 6 for e in acc.Scalars("sample/modes_per_input"))
+    grids = acc.Images("sample/grid")
+    assert [e.step for e in grids] == steps
+    png = np.asarray(Image.open(run / "samples" / "step_00000002.png").convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(grids[0].encoded_image_string)).convert("RGB")), png)
 
 
 def test_each_example_passes_its_own_tests(examples):

@@ -128,3 +128,60 @@ def test_kit_catches_a_dataset_with_a_wrong_range_and_a_lying_oracle_flag(bicycl
     failed = {r.check: r.detail for r in check_dataset(spec).failures}
     assert "outside [-1, 1]" in failed["pairs_dtype_and_range"]
     assert "has_oracle=False but the dataset provides" in failed["oracle"]
+
+
+class _Spy:
+    """An observer implementing every training hook, with the arguments it reads."""
+
+    __name__ = "spy"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    def bicycle_train_start(self, start_step: int) -> None:
+        self.seen.append(("start", start_step))
+
+    def bicycle_train_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.seen.append(("step", step))
+
+    def bicycle_train_sample(self, step: int, image, measures: dict[str, float]) -> None:
+        self.seen.append(("sample", step, image.shape, image.dtype.name, sorted(measures)))
+
+    def bicycle_train_checkpoint(self, step: int) -> None:
+        self.seen.append(("checkpoint", step))
+
+    def bicycle_train_end(self, step: int, interrupted: bool) -> None:
+        self.seen.append(("end", step, interrupted))
+
+
+def test_simulate_training_calls_the_observer_hooks_in_the_loops_order(tmp_path: Path):
+    from bicycle.testing import simulate_training
+    from bicycle.testing.observers import GRID_SHAPE
+
+    spy = _Spy()
+    calls = simulate_training(spy, tmp_path, steps=4)
+    def sample(step: int) -> tuple:
+        return ("sample", step, GRID_SHAPE, "uint8", ["modes_per_input", "valid_rate", "z_sensitivity"])
+
+    assert spy.seen == [("start", 0), ("step", 2), sample(2), ("checkpoint", 2),
+                        ("step", 4), sample(4), ("checkpoint", 4), ("end", 4, False)]
+    assert [c.hook for c in calls] == ["bicycle_train_" + s[0] for s in spy.seen]
+    assert {"config", "run_dir", "step", "metrics"} <= set(calls[1].kwargs)  # the whole signature, recorded
+    assert {"G_L1", "lr", "lambda_kl", "sec_per_step"} <= set(calls[1].kwargs["metrics"])
+
+    spy.seen.clear()
+    simulate_training(spy, tmp_path, steps=6, start_step=4, crash=True, oracle=False)
+    assert spy.seen == [("start", 4), ("step", 6), ("sample", 6, GRID_SHAPE, "uint8", ["z_sensitivity"])]
+
+
+def test_simulate_training_refuses_an_argument_the_hook_does_not_have(tmp_path: Path):
+    from bicycle.testing import simulate_training
+
+    class Typo:
+        __name__ = "typo"
+
+        def bicycle_train_sample(self, step, grid):
+            pass
+
+    with pytest.raises(Exception, match="grid"):
+        simulate_training(Typo(), tmp_path, steps=2)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import types
 from importlib.metadata import EntryPoint
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bicycle import hookimpl, plugins
 from bicycle.errors import ConfigError, PluginError
@@ -92,11 +94,12 @@ def test_a_plugin_raising_in_a_hook_is_named():
         plugins.build_plugins([_module("angry", bicycle_datasets=bicycle_datasets)], autoload=False)
 
 
-def test_observer_hooks_see_training(tmp_path):
+def test_observer_hooks_see_training(tmp_path, monkeypatch):
     from bicycle.train.loop import train
     from tiny import tiny_config
 
-    seen = []
+    seen, grids = [], []
+    oracle_calls = _spy_oracle(monkeypatch)
 
     class Logger:
         __name__ = "logger"
@@ -110,8 +113,9 @@ def test_observer_hooks_see_training(tmp_path):
             seen.append(("step", step, sorted(metrics)))
 
         @hookimpl
-        def bicycle_train_sample(self, step, path):
+        def bicycle_train_sample(self, step, path, image, measures):
             seen.append(("sample", step, path.is_file()))
+            grids.append((image, measures))
 
         @hookimpl
         def bicycle_train_checkpoint(self, step, path):
@@ -128,6 +132,56 @@ def test_observer_hooks_see_training(tmp_path):
     assert [s[1] for s in steps] == [2, 4]
     assert {"G_GAN", "G_L1", "kl", "z_L1", "D", "D2", "lr", "lambda_kl", "sec_per_step"} <= set(steps[0][2])
     assert ("sample", 2, True) in seen and ("checkpoint", 2, True) in seen and ("checkpoint", 4, True) in seen
+    (image, measures), _ = grids  # steps 2 and 4
+    png = np.asarray(Image.open(tmp_path / "run" / "samples" / "step_00000002.png").convert("RGB"))
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and not image.flags.writeable
+    np.testing.assert_array_equal(image, png)
+    assert set(measures) == {"z_sensitivity", "valid_rate", "modes_per_input"}  # shapes has an oracle
+    assert all(type(v) is float for v in measures.values()) and 0 <= measures["valid_rate"] <= 1
+    assert len(oracle_calls) == 3  # the two progress grids, then the final report
+
+
+def _spy_oracle(monkeypatch) -> list[int]:
+    """Record every oracle evaluation of the training loop's pictures."""
+    import bicycle.train.samples as samples
+
+    calls: list[int] = []
+    real = samples.distinct_valid_modes
+
+    def spy(oracle, a, outs):
+        calls.append(outs.shape[0])
+        return real(oracle, a, outs)
+
+    monkeypatch.setattr(samples, "distinct_valid_modes", spy)
+    return calls
+
+
+def test_sample_measures_are_computed_only_for_a_listener(tmp_path, monkeypatch):
+    from bicycle.train.loop import train
+    from tiny import tiny_config
+
+    class PathOnly:
+        __name__ = "path_only"
+
+        @hookimpl
+        def bicycle_train_sample(self, step, path):
+            pass
+
+    class Measures:
+        __name__ = "measures"
+
+        @hookimpl
+        def bicycle_train_sample(self, measures):
+            raise RuntimeError("listens, then breaks")
+
+    p = plugins.build_plugins([PathOnly(), Measures()], autoload=False)
+    assert p.listening("bicycle_train_sample", "measures") and not p.listening("bicycle_train_sample", "image")
+    p.disabled.add("measures")  # what notify does to an observer that raised
+    assert not p.listening("bicycle_train_sample", "measures")
+    oracle_calls = _spy_oracle(monkeypatch)
+    train(tiny_config(**{"train.steps": 2}), tmp_path / "run", plugins=p, echo=lambda m: None)
+    assert (tmp_path / "run" / "samples" / "step_00000002.png").is_file()
+    assert len(oracle_calls) == 1  # the final report's only: no listener asked for the grid's measures
 
 
 def test_import_bicycle_is_cheap():

@@ -153,11 +153,13 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
                                         "sec_per_step": progress.rate(step)},
                                config=cfg, run_dir=run_dir)
             if step % cfg.train.sample_every == 0:
+                wants = {arg: plugins.listening("bicycle_train_sample", arg) for arg in ("image", "measures")}
                 with writing(sample_dir, after=_last_good(ckpt_dir) + " (intact)"):
-                    path, warning = grids.write(state.nets, step, device)
-                notify("bicycle_train_sample", step=step, path=path, config=cfg, run_dir=run_dir)
-                if warning:
-                    progress.message(warning)
+                    grid = grids.write(state.nets, step, device, **wants)
+                notify("bicycle_train_sample", step=step, path=grid.path, config=cfg, run_dir=run_dir,
+                       image=grid.image, measures=grid.measures)
+                if grid.warning:
+                    progress.message(grid.warning)
             if step % cfg.train.checkpoint_every == 0 and step < total:
                 diverged = _checkpoint_or_divergence(checkpoint, step, ckpt_dir)
                 if diverged is not None:

@@ -1,10 +1,13 @@
 """Pictures written during training: the progress grid (fixed inputs and codes, so grids of different
-steps compare), the z-sensitivity check on it, and the final grid with the oracle's mode count."""
+steps compare), the z-sensitivity check on it (and, for observers that ask, the oracle's numbers), and
+the final grid with the oracle's mode count."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bicycle.config import RunConfig
@@ -25,6 +28,17 @@ def _eval_mode(nets: Nets, on: bool) -> None:
         m.train(not on)
 
 
+@dataclass
+class GridWrite:
+    """What :meth:`ProgressGrids.write` made: the PNG, a one-time warning, and (when asked for) the grid
+    as uint8 [H, W, 3] and its measures (``bicycle_train_sample``)."""
+
+    path: Path
+    warning: str | None = None
+    image: np.ndarray | None = None
+    measures: dict[str, float] = field(default_factory=dict)
+
+
 class ProgressGrids:
     """The first ``GRID_INPUTS`` pairs of ``val`` with ``GRID_SAMPLES`` codes from ``seed + 1``: one PNG per
     :meth:`write`, and the z-sensitivity of its outputs, warned about once when G ignores z."""
@@ -33,26 +47,44 @@ class ProgressGrids:
         self.n = min(GRID_INPUTS, len(val))
         self.a, self.b = val.get_batch(list(range(self.n)))
         self.z = torch.randn(self.n, GRID_SAMPLES, nz, generator=torch.Generator().manual_seed(seed + 1))
+        self.oracle = oracle_of(val)
         self.sample_dir, self.total = sample_dir, total_steps
         self.history: list[tuple[int, float]] = []
         self.warned = False
 
-    def write(self, nets: Nets, step: int, device: torch.device) -> tuple[Path, str | None]:
-        """(the grid's path, a one-time warning or None)."""
+    def write(self, nets: Nets, step: int, device: torch.device, *, image: bool = False,
+              measures: bool = False) -> GridWrite:
+        """Write the grid of ``step``. ``image``/``measures``: also return the picture and the measures
+        ("z_sensitivity"; with an oracle "valid_rate", "modes_per_input"), which cost host work."""
         _eval_mode(nets, True)
-        image, outs = sample_grid(nets, self.a.to(device), self.b.to(device), self.z.to(device))
+        picture, outs = sample_grid(nets, self.a.to(device), self.b.to(device), self.z.to(device))
         _eval_mode(nets, False)
-        path = self.sample_dir / f"step_{step:08d}.png"
-        image.save(path)
-        if self.n < 2:
-            return path, None
-        sens = z_sensitivity(outs.float().cpu())
-        self.history.append((step, round(sens, 4)))
-        if step >= HEALTH_AFTER * self.total and sens < Z_SENSITIVITY_WARNING and not self.warned:
-            self.warned = True
-            return path, (f"warning: G is ignoring z (z-sensitivity {sens:.3f} < {Z_SENSITIVITY_WARNING} at step "
-                          f"{step}): outputs for different z barely differ; expect mode collapse")
-        return path, None
+        out = GridWrite(self.sample_dir / f"step_{step:08d}.png")
+        picture.save(out.path)
+        if image:
+            out.image = np.asarray(picture)  # uint8 [H, W, 3]
+            out.image.setflags(write=False)
+        oracle = self.oracle if measures else None
+        if self.n < 2 and oracle is None:
+            return out
+        outs = outs.float().cpu()  # [n, GRID_SAMPLES, Cb, S, S]
+        if self.n >= 2:
+            sens = z_sensitivity(outs)
+            self.history.append((step, round(sens, 4)))
+            if measures:
+                out.measures["z_sensitivity"] = sens
+            out.warning = self._warning(step, sens)
+        if oracle is not None:
+            distinct, valid = distinct_valid_modes(oracle, self.a, outs)
+            out.measures.update(valid_rate=float(valid.float().mean()), modes_per_input=float(distinct.float().mean()))
+        return out
+
+    def _warning(self, step: int, sens: float) -> str | None:
+        if step < HEALTH_AFTER * self.total or sens >= Z_SENSITIVITY_WARNING or self.warned:
+            return None
+        self.warned = True
+        return (f"warning: G is ignoring z (z-sensitivity {sens:.3f} < {Z_SENSITIVITY_WARNING} at step "
+                f"{step}): outputs for different z barely differ; expect mode collapse")
 
 
 def final_report(cfg: RunConfig, nets: Nets, val, sample_dir: Path, device: torch.device,

@@ -33,3 +33,7 @@ def bicycle_injectors() -> list[InjectorSpec]:
 # @hookimpl
 # def bicycle_train_step(step: int, metrics: dict[str, float], run_dir: Path) -> None:
 #     ...  # any subset of the hook's arguments, by name
+#
+# @hookimpl
+# def bicycle_train_sample(step: int, image: np.ndarray, measures: dict[str, float]) -> None:
+#     ...  # image: the progress grid, uint8 [H, W, 3]; measures: z_sensitivity (+ the oracle's numbers)

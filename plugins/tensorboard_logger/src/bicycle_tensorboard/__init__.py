@@ -1,4 +1,4 @@
-"""TensorBoard logging for bicycle through the training-observer hooks, with a dependency-free writer."""
-from bicycle_tensorboard.events import EventFileWriter, Scalar, read_events
+"""TensorBoard logging for bicycle through the training-observer hooks (torch's SummaryWriter)."""
+from bicycle_tensorboard.plugin import FOLDER, close_all, writer_for
 
-__all__ = ["EventFileWriter", "Scalar", "read_events"]
+__all__ = ["FOLDER", "close_all", "writer_for"]
