@@ -73,16 +73,22 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor, kl_weight: float, im
 class LossSetup:
     """What the losses need besides the networks and the batch: the weights, the GAN mode, the fused-op
     impl. ``kl_scale``: None, or a 0-dim device tensor multiplying lambda_KL (the warm-up), refilled in
-    place between steps so that a captured graph reads the current value."""
+    place between steps so that a captured graph reads the current value. ``world_size``: data-parallel
+    ranks; L_KL is a SUM over the (global) batch while DDP averages the ranks' gradients, so each rank's
+    KL sum counts ``world_size`` times (every other term is a mean over equal shards: their average is
+    the global mean)."""
 
     weights: LossWeights
     gan_mode: str = "lsgan"
     impl: str = "auto"
     kl_scale: Tensor | None = None
+    world_size: int = 1
 
     def encode(self, mu: Tensor, logvar: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """(z [n, nz], lambda_KL * L_KL) with :func:`reparameterize`, the warm-up applied."""
         z, kl = reparameterize(mu, logvar, eps, self.weights.kl, self.impl)
+        if self.world_size != 1:
+            kl = kl * self.world_size
         return z, kl if self.kl_scale is None else kl * self.kl_scale
 
 
@@ -104,12 +110,12 @@ def bicycle_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s
     mu, logvar = nets.E(b1)
     z_enc, kl = s.encode(mu, logvar, noise["eps"])
     fake_enc, fake_rand = call_twice(nets.G, (a1, z_enc), (a1, noise["z"]))
-    with frozen(nets.D, nets.D2):
-        g_gan = w.gan * gan_loss(nets.D(fake_enc), True, s.gan_mode, s.impl)
-        g_gan2 = w.gan2 * gan_loss(nets.D2(fake_rand), True, s.gan_mode, s.impl)
+    with frozen(nets.D, nets.D2) as (D, D2):
+        g_gan = w.gan * gan_loss(D(fake_enc), True, s.gan_mode, s.impl)
+        g_gan2 = w.gan2 * gan_loss(D2(fake_rand), True, s.gan_mode, s.impl)
     g_l1 = w.l1 * l1(fake_enc, b1)
-    with frozen(nets.E):  # the latent loss reaches G only
-        mu2, _ = nets.E(fake_rand)
+    with frozen(nets.E) as (E,):  # the latent loss reaches G only
+        mu2, _ = E(fake_rand)
     z_l1 = w.z * l1(mu2, noise["z"])
     loss = g_gan + g_gan2 + g_l1 + kl + z_l1
     metrics = {"G_GAN": g_gan, "G_GAN2": g_gan2, "G_L1": g_l1, "kl": kl, "z_L1": z_l1}
@@ -118,8 +124,8 @@ def bicycle_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s
 
 def _gan_l1(nets: Nets, fake: Tensor, b: Tensor, s: LossSetup) -> tuple[Tensor, Tensor]:
     """lambda_GAN L_GAN(D, fake) (D frozen) and lambda_L1 L_1(fake, B): the baselines' shared terms."""
-    with frozen(nets.D):
-        g_gan = s.weights.gan * gan_loss(nets.D(fake), True, s.gan_mode, s.impl)
+    with frozen(nets.D) as (D,):
+        g_gan = s.weights.gan * gan_loss(D(fake), True, s.gan_mode, s.impl)
     return g_gan, s.weights.l1 * l1(fake, b)
 
 
@@ -147,8 +153,8 @@ def cvae_gan_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], 
 def clr_gan_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s: LossSetup) -> GELosses:
     w = s.weights
     fake = nets.G(a, noise["z"])
-    with frozen(nets.D):
-        g_gan = w.gan2 * gan_loss(nets.D(fake), True, s.gan_mode, s.impl)
+    with frozen(nets.D) as (D,):
+        g_gan = w.gan2 * gan_loss(D(fake), True, s.gan_mode, s.impl)
     mu2, _ = nets.E(fake)
     z_l1 = w.z * l1(mu2, noise["z"])
     return GELosses(g_gan + z_l1, {"G_GAN": g_gan, "z_L1": z_l1}, [("D", fake, b)])

@@ -25,14 +25,20 @@ class Nets:
         return [(k, m) for k, m in (("G", self.G), ("E", self.E), ("D", self.D), ("D2", self.D2)) if m is not None]
 
 
+def bare(module: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (the module itself otherwise)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
 @contextmanager
-def frozen(*modules: nn.Module | None) -> Iterator[None]:
-    """Parameters of ``modules`` get no gradient from what is computed inside (requires_grad off)."""
+def frozen(*modules: nn.Module | None) -> Iterator[tuple[nn.Module | None, ...]]:
+    """Parameters of ``modules`` get no gradient from what is computed inside (requires_grad off). Yields the
+    bare networks (:func:`bare`) to call inside: a frozen use must not go through DDP's gradient hooks."""
     params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
-        yield
+        yield tuple(None if m is None else bare(m) for m in modules)
     finally:
         for p in params:
             p.requires_grad_(True)

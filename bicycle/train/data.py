@@ -13,15 +13,22 @@ class BatchStream:
 
     Epoch e visits a permutation of the dataset drawn from (seed, e); the last incomplete batch of
     an epoch is dropped so every batch has the same shape.
+
+    ``shard``: (rank, world size) under data parallelism. Global batch t is the stream's batch t at
+    ``batch_size * world size``; rank r gets rows [r * batch_size, (r + 1) * batch_size) of it.
     """
 
-    def __init__(self, dataset, batch_size: int, seed: int, start_step: int = 0) -> None:
+    def __init__(self, dataset, batch_size: int, seed: int, start_step: int = 0,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
-        self.per_epoch = len(dataset) // batch_size
+        self.rank, self.world = shard
+        self.global_batch = batch_size * self.world
+        self.per_epoch = len(dataset) // self.global_batch
         if self.per_epoch < 1:
-            raise DataError(f"the dataset has {len(dataset)} pairs, fewer than one batch of {batch_size}")
+            each = f" ({self.world} ranks x {batch_size})" if self.world > 1 else ""
+            raise DataError(f"the dataset has {len(dataset)} pairs, fewer than one batch of {self.global_batch}{each}")
         self.step = start_step
         self._epoch = -1
         self._perm: Tensor | None = None
@@ -40,6 +47,7 @@ class BatchStream:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
         assert self._perm is not None
-        idx = self._perm[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+        first = k * self.global_batch + self.rank * self.batch_size
+        idx = self._perm[first:first + self.batch_size].tolist()
         self.step += 1
         return self.dataset.get_batch_uint8(idx) if uint8 else self.dataset.get_batch(idx)

@@ -2,6 +2,7 @@
 setup, assembled in one place (:func:`build_state`) for the loop, the benchmarks and the tests."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from bicycle.models import MODELS, ModelSpec
 from bicycle.nets import Nets
 from bicycle.registry import Registry
 from bicycle.train.execution import prepare_networks
+from bicycle.train.distributed import SINGLE, World, rank_seed, wrap
 from bicycle.train.guard import DivergenceGuard
 
 DISCRIMINATORS = frozenset({"D", "D2"})
@@ -22,7 +24,9 @@ DISCRIMINATORS = frozenset({"D", "D2"})
 @dataclass
 class TrainState:
     """``base_lrs``: each optimizer's learning rate before the schedule (see :func:`base_lrs`); ``guard``:
-    notices the first non-finite step (None: unguarded, e.g. the benchmarks' reference)."""
+    notices the first non-finite step (None: unguarded, e.g. the benchmarks' reference). ``step_nets``: what
+    the step calls, the networks' DDP wrappers under data parallelism (None: ``nets`` themselves); ``nets``
+    are always the bare networks (checkpoints, samples)."""
 
     nets: Nets
     optimizers: dict[str, torch.optim.Optimizer]
@@ -30,6 +34,7 @@ class TrainState:
     loss_setup: LossSetup
     base_lrs: dict[str, float]
     guard: DivergenceGuard | None = None
+    step_nets: Nets | None = None
 
 
 def base_lrs(cfg: RunConfig, names: Iterable[str]) -> dict[str, float]:
@@ -53,10 +58,14 @@ def build_optimizers(cfg: RunConfig, nets: Nets, *, plain: bool = False) -> dict
     return out
 
 
-def build_state(cfg: RunConfig, registry: Registry, device: torch.device | str, *, plain_adam: bool = False) -> TrainState:
+def build_state(cfg: RunConfig, registry: Registry, device: torch.device | str, *, plain_adam: bool = False,
+                world: World = SINGLE, ddp_stream: torch.cuda.Stream | None = None) -> TrainState:
     """Networks initialised from ``cfg.train.seed`` (resolved ``cfg``: channels filled in), on ``device``
     in train mode, prepared for ``cfg.train.precision`` / ``compile``; optimizers per
-    :func:`build_optimizers`; the loss setup with lambda_KL's warm-up tensor when ``loss.kl_warmup`` > 0."""
+    :func:`build_optimizers`; the loss setup with lambda_KL's warm-up tensor when ``loss.kl_warmup`` > 0.
+    A ``world`` launched by torchrun (its process group up) adds the DDP wrappers (built on ``ddp_stream``
+    when given: CUDA-graph capture wants them off the default stream), the KL's world-size factor and
+    this rank's own noise stream."""
     torch.manual_seed(cfg.train.seed)
     nets = build_networks(cfg, registry)
     for _, m in nets.items():
@@ -65,5 +74,13 @@ def build_state(cfg: RunConfig, registry: Registry, device: torch.device | str, 
     optimizers = build_optimizers(cfg, nets, plain=plain_adam)
     # lambda_KL's warm-up multiplier: a device tensor refilled before each step (None: constant, as the paper)
     kl_scale = torch.ones((), device=device) if cfg.loss.kl_warmup > 0 else None
-    setup = LossSetup(cfg.loss, cfg.net.gan_mode, cfg.train.impl, kl_scale)
-    return TrainState(nets, optimizers, MODELS[cfg.train.model], setup, base_lrs(cfg, optimizers), DivergenceGuard(device))
+    model = MODELS[cfg.train.model]
+    setup = LossSetup(cfg.loss, cfg.net.gan_mode, cfg.train.impl, kl_scale, world_size=world.size)
+    step_nets = None
+    if world.launched:
+        with torch.cuda.stream(ddp_stream) if ddp_stream is not None else contextlib.nullcontext():
+            step_nets = wrap(nets, torch.device(device), unused_in_encoder=not model.variational,
+                             static_graph=ddp_stream is not None)
+        if world.rank > 0:  # rank 0 keeps the single-process stream
+            torch.manual_seed(rank_seed(cfg.train.seed, world.rank))
+    return TrainState(nets, optimizers, model, setup, base_lrs(cfg, optimizers), DivergenceGuard(device), step_nets)

@@ -16,7 +16,7 @@ from bicycle.train.state import TrainState
 
 def train_step(state: TrainState, a: Tensor, b: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
     """a: [N, Ca, S, S], b: [N, Cb, S, S], noise: per ``draw_noise``. Returns 0-dim detached losses."""
-    nets, opt, setup = state.nets, state.optimizers, state.loss_setup
+    nets, opt, setup = state.step_nets or state.nets, state.optimizers, state.loss_setup
     ge = state.model.losses(nets, a, b, noise, setup)
     ge_names = [k for k in ("E", "G") if k in opt]
     for k in ge_names:

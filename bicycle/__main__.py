@@ -1,0 +1,3 @@
+from bicycle.cli import main
+
+main()
