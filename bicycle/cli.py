@@ -95,9 +95,16 @@ _TRAIN_KEYS = {
               help="replay each iteration from a CUDA graph (default: on for CUDA devices, eager on CPU)")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="bf16: autocast + channels_last (opt-in)")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the networks")
+@click.option("--nproc", type=int, help="data parallel: start N processes through torchrun (one per GPU, or gloo on the CPU)")
 @click.pass_context
-def train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool, **flags) -> None:
-    """Train a model; the no-flag default is the demo preset on the built-in `shapes` dataset."""
+def train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool,
+          nproc: int | None, **flags) -> None:
+    """Train a model; the no-flag default is the demo preset on the built-in `shapes` dataset. Under
+    `torchrun --nproc-per-node N -m bicycle train ...` (or with --nproc N) one model trains data-parallel."""
+    if nproc is not None:
+        from bicycle.launch import launch
+        _run(launch, nproc, sys.argv[1:], run_dir, preset, dry_run)
+        return
     _run(_train, ctx, preset, run_dir, resume_dir, dry_run, flags)
 
 
@@ -108,33 +115,37 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool, flags: dict) -> None:
     from bicycle.plugins import get_plugins
-    from bicycle.preflight import check_resume_steps, check_train
+    from bicycle.preflight import check_resume_steps, check_train, check_world
+    from bicycle.train.distributed import world_from_env
 
+    world = world_from_env()
+    echo = click.echo if world.main else (lambda *a, **k: None)  # rank 0 speaks for a torchrun job
+    run_dir, resume_dir = check_world(world, preset, run_dir, resume_dir, echo)
     registry = get_plugins().registry
     if resume_dir is not None:
         from bicycle.io import load_checkpoint
         ckpt = load_checkpoint(resume_dir)
         cfg = _resumed_config(ctx, preset, run_dir, resume_dir, ckpt.config, flags)
         check_resume_steps(cfg, ckpt.step)
-        click.echo(f"bicycle train: resuming {resume_dir} (preset {cfg.preset}) at step {ckpt.step} of {cfg.train.steps}")
+        echo(f"bicycle train: resuming {resume_dir} (preset {cfg.preset}) at step {ckpt.step} of {cfg.train.steps}")
         run_dir = resume_dir
     else:
         cfg = _new_config(preset, flags, registry)
-        click.echo(f"bicycle train: preset {preset} ({PRESET_NOTES[preset]})")
+        echo(f"bicycle train: preset {preset} ({PRESET_NOTES[preset]})")
     if dry_run:
         from bicycle.build import resolve
-        click.echo(resolve(cfg, registry).to_json())
+        echo(resolve(cfg, registry).to_json())
         return
     if run_dir is None:
         run_dir = Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = check_train(cfg, registry, run_dir, resume=resume_dir is not None)
     # The loop checks both splits of the data before it writes anything: bad data fails first.
     from bicycle.train.loop import train as run_training
-    click.echo(f"model {cfg.train.model}, backbone {cfg.net.backbone}, inject {cfg.net.inject}, "
-               f"{cfg.net.image_size} px, batch {cfg.train.batch_size}, {cfg.train.steps} steps, data {cfg.data.data}; "
-               f"run dir {run_dir}")
-    result = run_training(cfg, run_dir, resume=resume_dir is not None, echo=click.echo)
-    click.echo(f"done in {result.seconds / 60:.1f} min; run dir {result.run_dir}")
+    echo(f"model {cfg.train.model}, backbone {cfg.net.backbone}, inject {cfg.net.inject}, "
+         f"{cfg.net.image_size} px, batch {cfg.train.batch_size}, {cfg.train.steps} steps, data {cfg.data.data}; "
+         f"run dir {run_dir}")
+    result = run_training(cfg, run_dir, resume=resume_dir is not None, echo=click.echo, world=world)
+    echo(f"done in {result.seconds / 60:.1f} min; run dir {result.run_dir}")
     if result.interrupted:
         sys.exit(EXIT_TERMINATED if result.signal == signal.SIGTERM else EXIT_INTERRUPTED)
 
@@ -242,9 +253,11 @@ def _attach_commands() -> None:
     """Commands that live beside their library code."""
     from bicycle.bench.command import bench
     from bicycle.export.command import export
+    from bicycle.original.command import convert_original
 
     main.add_command(bench, "bench")
     main.add_command(export, "export")
+    main.add_command(convert_original, "convert-original")
 
 
 _attach_commands()

@@ -38,4 +38,4 @@ def _onnx(run: Path, path: Path) -> dict:
 
     ckpt, nets, _ = load_model(run, "cpu")
     plugin = get_plugins().registry.plugin_of("backbone", ckpt.config.net.backbone)
-    return export_onnx(nets, ckpt.config, path, backbone_plugin=plugin, check=True, echo=click.echo)
+    return export_onnx(nets, ckpt.config, path, backbone_plugin=plugin, check=True, echo=click.echo, step=ckpt.step)

@@ -58,8 +58,8 @@ class ResNetEncoder(_GaussianHeads):
 
 
 class ConvEncoder(_GaussianHeads):
-    """E_NLayers: stride-2 4x4 convs (channels nef*min(4, k)) with norm + LeakyReLU, global avg pool,
-    two linear heads. B [N, in, S, S] -> (mu, logvar) [N, nz]."""
+    """E_NLayers: stride-2 4x4 convs (channels nef*min(4, 2**k), as the original) with norm + LeakyReLU,
+    global avg pool, two linear heads. B [N, in, S, S] -> (mu, logvar) [N, nz]."""
 
     def __init__(self, in_channels: int, nz: int, image_size: int, nef: int = 64, norm: str = "instance") -> None:
         super().__init__()
@@ -67,7 +67,7 @@ class ConvEncoder(_GaussianHeads):
         layers: list[nn.Module] = [nn.Conv2d(in_channels, nef, 4, 2, 1), nn.LeakyReLU(0.2)]
         cout = nef
         for n in range(1, n_layers + 1):
-            cin, cout = nef * min(4, n), nef * min(4, n + 1)
+            cin, cout = nef * min(4, 2 ** (n - 1)), nef * min(4, 2**n)
             layers += [nn.Conv2d(cin, cout, 4, 2, 1), norm_layer(norm, cout), nn.LeakyReLU(0.2)]
         layers.append(nn.AdaptiveAvgPool2d(1))
         self.conv = nn.Sequential(*layers)

@@ -1,0 +1,1 @@
+"""Reading the original BicycleGAN authors' released weights (junyanz/BicycleGAN) into bicycle runs."""
