@@ -29,13 +29,15 @@ def dataset_name(cfg: RunConfig) -> tuple[str, str | None]:
     return data, None
 
 
-def dataset_request(cfg: RunConfig, split: str) -> DatasetRequest:
+def dataset_request(cfg: RunConfig, split: str, channels: tuple[int, int] | None = None) -> DatasetRequest:
+    """``channels``: (A, B) channels a trained model reads (file datasets convert to them; see ``aligned``)."""
     _, path = dataset_name(cfg)
     train = split == "train"
+    extra = (("channels", channels),) if channels is not None else ()
     return DatasetRequest(split=split, image_size=cfg.net.image_size, path=path, direction=cfg.data.direction,  # type: ignore[arg-type]
                           flip=cfg.data.flip and train, load_size=cfg.data.load_size, seed=cfg.train.seed,
                           options=(("modes", cfg.data.modes), ("impl", cfg.train.impl),
-                                   ("bad_images", cfg.data.bad_images)))
+                                   ("bad_images", cfg.data.bad_images)) + extra)
 
 
 def dataset_spec(cfg: RunConfig, registry: Registry) -> DatasetSpec:
@@ -46,11 +48,11 @@ def dataset_spec(cfg: RunConfig, registry: Registry) -> DatasetSpec:
     return spec
 
 
-def build_dataset(cfg: RunConfig, registry: Registry, split: str):
+def build_dataset(cfg: RunConfig, registry: Registry, split: str, channels: tuple[int, int] | None = None):
     name, _ = dataset_name(cfg)
     spec = dataset_spec(cfg, registry)
     with plugin_code(registry.plugin_of("dataset", name), f"dataset {name!r}"):
-        return spec.build(dataset_request(cfg, split))
+        return spec.build(dataset_request(cfg, split, channels))
 
 
 def _note(line: str) -> None:
@@ -58,15 +60,17 @@ def _note(line: str) -> None:
 
 
 def build_eval_dataset(cfg: RunConfig, registry: Registry, purpose: str = "the evaluation", *,
-                       echo: Callable[[str], None] = _note, train: object | None = None):
+                       echo: Callable[[str], None] = _note, train: object | None = None, model_channels: bool = False):
     """The val split; for a dataset without one (:class:`MissingSplitError`: a folder with ``train/`` only),
     the train split (``train`` when already built), said in one line through ``echo`` naming ``purpose``.
-    Any other problem with the val split (a bad file in ``val/``) is raised, never papered over."""
+    Any other problem with the val split (a bad file in ``val/``) is raised, never papered over.
+    ``model_channels``: a trained model's inputs: files are converted to ``cfg.net``'s channels."""
+    channels = (cfg.net.in_channels, cfg.net.out_channels) if model_channels else None
     try:
-        return build_dataset(cfg, registry, "val")
+        return build_dataset(cfg, registry, "val", channels)
     except MissingSplitError as e:
         echo(f"note: {e.root or cfg.data.data} has no val/ folder: using train/ for {purpose}")
-    return train if train is not None else build_dataset(cfg, registry, "train")
+    return train if train is not None else build_dataset(cfg, registry, "train", channels)
 
 
 def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -> RunConfig:

@@ -144,7 +144,7 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     if data is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data=data))
     registry = get_plugins().registry
-    ds = build_eval_dataset(cfg, registry, "the evaluation", echo=echo)
+    ds = build_eval_dataset(cfg, registry, "the evaluation", echo=echo, model_channels=True)
     check_channels(ds, cfg)
     result = evaluate(nets, ds, cfg.net.nz, n_inputs, n_samples, seed, dev, lpips=lpips, fid_net=fid_net,
                       weight_tags=tags, variational=MODELS[cfg.train.model].variational)

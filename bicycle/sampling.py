@@ -26,7 +26,7 @@ def _inputs(model: Model, input_path: Path | None, data: str | None, n_inputs: i
     if data is None:
         echo(f"inputs: the checkpoint's own dataset {cfg.data.data!r} (val split)")
     dcfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data=data or cfg.data.data))
-    ds = build_eval_dataset(dcfg, get_plugins().registry, "the inputs", echo=echo)
+    ds = build_eval_dataset(dcfg, get_plugins().registry, "the inputs", echo=echo, model_channels=True)
     check_channels(ds, dcfg)
     n = min(n_inputs, len(ds))
     a, b = ds.get_batch(list(range(n)))

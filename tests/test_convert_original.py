@@ -311,3 +311,22 @@ def test_other_refusals(tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     assert_one_line_error(convert(tmp_path, g, e, out="full"), 2, "--out", "not empty")
     assert_one_line_error(convert(tmp_path, g, None, "--nef", "2"), 2, "--nef", "no --E")
+
+
+def test_a_one_channel_model_reads_rgb_pairs_as_the_original_does(tmp_path):
+    """edges2shoes: input_nc 1 on RGB A|B files; the original converts that side to grey, so do sample and eval
+    --data (here the fixture's B side: 3 -> 1 channels)."""
+    from data_helpers import make_aligned_dataset
+
+    g = write_pth(fixture("g_unet_128_all_basic"), "G", tmp_path / "G.pth")
+    e = write_pth(fixture("e_resnet_128"), "E", tmp_path / "E.pth")
+    assert convert(tmp_path, g, e).exit_code == 0
+    root = make_aligned_dataset(tmp_path / "pairs", n_train=2, n_val=2, size=128)  # RGB files
+    ckpt, _, _ = load_model(tmp_path / "run", "cpu")
+    assert (ckpt.config.net.in_channels, ckpt.config.net.out_channels) == (3, 1)
+    r = CliRunner().invoke(main, ["sample", "--checkpoint", str(tmp_path / "run"), "--data", str(root), "--inputs", "2",
+                                  "--samples", "2", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(root), "--inputs", "2",
+                                  "--samples", "2"])
+    assert r.exit_code == 0, r.output

@@ -21,7 +21,9 @@ Start-up check: every file of the split is decoded completely (:func:`bicycle.da
 (name, size, mtime_ns) of the files used, the data fingerprint a checkpoint keeps.
 
 Channels: every file must have the same channel count (grayscale -> 1, anything else -> 3; see
-:mod:`bicycle.data.images`); ``a_channels == b_channels`` is that count.
+:mod:`bicycle.data.images`); ``a_channels == b_channels`` is that count, unless ``channels`` asks for
+others: each half is then converted after the split (RGB -> 1 by ITU-R 601 luma, grey -> 3 by
+repetition), as the original's ``--input_nc 1`` reads RGB edges2shoes files.
 
 Augmentation (as in pix2pix): A and B are each resized to ``load_size`` x ``load_size`` (``load_size``
 None: ``image_size``) with bicubic resampling, then the same random ``image_size`` crop and, when
@@ -49,7 +51,7 @@ from bicycle import ops
 from bicycle.config import BAD_IMAGES
 from bicycle.data.base import DatasetRequest
 from bicycle.data.images import (RESAMPLE, BadImage, ImageInfo, bad_images_message, check_images, list_images,
-                                 open_image, to_array)
+                                 convert_image, open_image, to_array)
 from bicycle.errors import ConfigError, DataError, MissingSplitError
 
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -109,6 +111,7 @@ class AlignedDataset:
         progress: bool = True,
         impl: str = "auto",
         bad_images: str = "error",
+        channels: tuple[int | None, int | None] = (None, None),
     ) -> None:
         if direction not in ("AtoB", "BtoA"):
             raise ConfigError(f"direction must be 'AtoB' or 'BtoA', not {direction!r}")
@@ -156,7 +159,12 @@ class AlignedDataset:
                     f"(mode {info.mode}) but {first.path} has {first.channels} (mode {first.mode}); "
                     f"all images of a dataset must have the same channel count"
                 )
-        self.a_channels = self.b_channels = first.channels
+        self.file_channels = first.channels
+        want_a, want_b = channels
+        for c in (want_a, want_b):
+            if c not in (None, 1, 3):
+                raise ConfigError(f"channels must be 1 or 3, not {c}")
+        self.a_channels, self.b_channels = want_a or first.channels, want_b or first.channels
 
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cached_bytes = 0
@@ -240,7 +248,7 @@ class AlignedDataset:
         Direction is applied (BtoA returns the right half as A). Not cached; see :meth:`_resized`.
         """
         path = self.paths[self._check_index(index)]
-        img = open_image(path, self.a_channels)
+        img = open_image(path, self.file_channels)
         w, h = img.size
         half = w // 2
         if half < 1:
@@ -249,9 +257,11 @@ class AlignedDataset:
         method = RESAMPLE[self.resample]
         left = img.crop((0, 0, half, h))
         right = img.crop((half, 0, 2 * half, h))
-        a = to_array(left.resize(size, method) if left.size != size else left)
-        b = to_array(right.resize(size, method) if right.size != size else right)
-        return (b, a) if self.direction == "BtoA" else (a, b)
+        if self.direction == "BtoA":
+            left, right = right, left
+        a = to_array(convert_image(left.resize(size, method) if left.size != size else left, self.a_channels))
+        b = to_array(convert_image(right.resize(size, method) if right.size != size else right, self.b_channels))
+        return a, b
 
     def _resized(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
@@ -302,7 +312,8 @@ def build_aligned(request: DatasetRequest) -> AlignedDataset:
     Options (``request.options``): ``cache_mb`` (int, default 1024): memory budget of the resized-image
     cache in MiB; ``resample`` ("bicubic" | "bilinear" | "nearest" | "lanczos"); ``progress`` (bool,
     default True): the start-up check's progress line on stderr; ``impl``: the ``prepare_batch`` impl;
-    ``bad_images`` ("error" | "skip", default "error"): what the start-up check does with bad files.
+    ``bad_images`` ("error" | "skip", default "error"): what the start-up check does with bad files;
+    ``channels`` ((A, B) with None entries: the files' own count): convert each half to these channels.
     """
     if request.path is None:
         raise ConfigError("the aligned dataset needs a dataset folder (a path with train/ and val/)")
@@ -322,6 +333,7 @@ def build_aligned(request: DatasetRequest) -> AlignedDataset:
         cache_bytes=cache_bytes,
         resample=str(request.option("resample", "bicubic")),
         progress=bool(request.option("progress", True)),
+        channels=tuple(request.option("channels", (None, None))),  # type: ignore[arg-type]
         impl=str(request.option("impl", "auto")),
         bad_images=str(request.option("bad_images", "error")),
     )
