@@ -115,7 +115,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool, flags: dict) -> None:
     from bicycle.plugins import get_plugins
-    from bicycle.preflight import check_resume_steps, check_train, check_world
+    from bicycle.preflight import check_parallel, check_resume_steps, check_train, check_world
     from bicycle.train.distributed import world_from_env
 
     world = world_from_env()
@@ -138,6 +138,7 @@ def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Pa
         return
     if run_dir is None:
         run_dir = Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_parallel(world, cfg)
     cfg = check_train(cfg, registry, run_dir, resume=resume_dir is not None)
     # The loop checks both splits of the data before it writes anything: bad data fails first.
     from bicycle.train.loop import train as run_training

@@ -75,3 +75,10 @@ class ExportError(BicycleError):
     failed, weights of another implementation that do not map onto a bicycle model."""
 
     exit_code = 9
+
+
+class PeerLost(BicycleError):
+    """Data-parallel training: another rank failed, was killed or stopped answering; this rank stops too
+    (torchrun then restarts the workers, with ``--max-restarts``, or ends the job)."""
+
+    exit_code = 10

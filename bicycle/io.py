@@ -142,7 +142,7 @@ def nonfinite_tensors(tensors: dict[str, Tensor]) -> list[str]:
 
 def save_checkpoint(path: Path, config: RunConfig, nets: Nets, step: int,
                     optimizers: dict[str, torch.optim.Optimizer] | None = None,
-                    extra_meta: dict[str, str] | None = None) -> Path:
+                    extra_meta: dict[str, str] | None = None, extra_tensors: dict[str, Tensor] | None = None) -> Path:
     """Write a checkpoint atomically: a good file is never replaced by a partial one. Non-finite weights or
     optimizer state are refused (:class:`NonFiniteError`): a diverged run never overwrites good checkpoints."""
     tensors = _state_tensors(nets)
@@ -158,6 +158,7 @@ def save_checkpoint(path: Path, config: RunConfig, nets: Nets, step: int,
         tensors["rng.torch"] = torch.get_rng_state()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tensors.update(extra_tensors or {})
     meta.update(extra_meta or {})
     bad = nonfinite_tensors(tensors)
     if bad:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +18,9 @@ from bicycle.build import build_networks, resolve
 from bicycle.config import RESUMABLE_KEYS, RunConfig, replace
 from bicycle.errors import ConfigError, DataError, StorageError
 from bicycle.registry import Registry
+
+if TYPE_CHECKING:
+    from bicycle.train.distributed import World
 
 # Room asked for beyond the estimated checkpoint size (samples, logs, the file system's own slack).
 SPACE_MARGIN_BYTES = 16 << 20
@@ -147,3 +152,31 @@ def check_export(out: Path | None, onnx_path: Path | None, device: str) -> None:
         check_output_file(out, "--out")
     if onnx_path is not None:
         check_output_file(onnx_path, "--onnx")
+
+
+def check_world(world: World, preset: str, run_dir: Path | None, resume_dir: Path | None,
+                echo: Callable[[str], None]) -> tuple[Path | None, Path | None]:
+    """``bicycle train`` under torchrun: one run dir for every rank and every restart (given, or named after
+    torchrun's run id); a worker restarted by ``torchrun --max-restarts`` resumes that run dir by itself."""
+    if not world.launched:
+        return run_dir, resume_dir
+    if run_dir is None and resume_dir is None:
+        if not world.run_id:
+            raise ConfigError("under torchrun, give --run-dir DIR (every rank and every restart must use the same "
+                              "folder), or start torchrun with --standalone or --rdzv-id ID")
+        run_dir = Path("runs") / f"{preset}-{world.run_id}"
+    target = resume_dir or run_dir
+    assert target is not None
+    ckpts = target / "checkpoints"
+    if world.restart > 0 and resume_dir is None and ckpts.is_dir() and (
+            (ckpts / "latest").exists() or any(ckpts.glob("step_*.safetensors"))):
+        echo(f"torchrun restart {world.restart}: resuming {target} from its latest checkpoint")
+        return target, target
+    return run_dir, resume_dir
+
+
+def check_parallel(world: World, cfg: RunConfig) -> None:
+    """Data parallelism: settings the ranks cannot share."""
+    if world.launched and cfg.net.norm == "batch":
+        raise ConfigError("--norm batch under torchrun would need SyncBatchNorm, which bicycle does not use: train with "
+                          "--norm instance (the paper's) or in one process")

@@ -43,14 +43,14 @@ def host_lrs(optimizers: dict[str, torch.optim.Optimizer]) -> Iterator[None]:
 
 
 def write_checkpoint(folder: Path, cfg: RunConfig, state: TrainState, step: int, data_position: tuple[int, int],
-                     metadata: dict[str, str] | None = None) -> Path:
+                     metadata: dict[str, str] | None = None, tensors: dict[str, Tensor] | None = None) -> Path:
     """Save ``state`` after ``step`` steps (``data_position``: (epoch, batch within epoch) of the next
     batch; ``metadata``: more string entries, e.g. the data manifest), point ``latest`` at it and prune
     to ``cfg.train.keep_checkpoints``. Returns the file."""
     epoch, offset = data_position
     meta = {**(metadata or {}), "data_epoch": str(epoch), "data_offset": str(offset)}
     with host_lrs(state.optimizers):  # the graphed step keeps lrs as device tensors
-        path = save_checkpoint(folder / checkpoint_name(step), cfg, state.nets, step, state.optimizers, meta)
+        path = save_checkpoint(folder / checkpoint_name(step), cfg, state.nets, step, state.optimizers, meta, tensors)
     write_latest(folder, path.name)
     prune(folder, cfg.train.keep_checkpoints)
     return path

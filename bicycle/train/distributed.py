@@ -23,6 +23,9 @@ from torch import nn
 from bicycle.errors import ConfigError
 from bicycle.nets import Nets
 
+DDP_GRAPH_WARMUP = 11  # eager DDP iterations before capture (PyTorch's CUDA-graph notes for DDP)
+DDP_EAGER_NOTE = ("data parallel on CUDA: eager DDP steps (DDP inside a CUDA-graph-replayed iteration is opt-in with "
+                  "--cuda-graphs; it has not been verified on a GPU yet)")
 TIMEOUT_ENV = "BICYCLE_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 120  # a rank that stops answering fails its peers within this, not torch's 10-30 minutes
 SETUP_TIMEOUT_S = 24 * 3600  # rank 0's start-up data check may take long on a big dataset
@@ -90,12 +93,24 @@ def device_for(world: World, requested: str) -> torch.device:
 class Group:
     """The process group of a launched world and the collective decisions of the loop."""
 
-    def __init__(self, world: World, device: torch.device) -> None:
+    def __init__(self, world: World, device: torch.device, capture: bool = False) -> None:
+        """``capture``: DDP will run inside a captured CUDA graph (NCCL's async error handling must be off)."""
         self.world, self.device = world, device
         if device.type == "cuda":
             torch.cuda.set_device(device)
+            if capture:
+                os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout())
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+                # torchrun's agent keeps one store across restarts: without a prefix per attempt, a restarted
+                # worker reads the dead attempt's addresses and cannot connect
+                agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world.size,
+                                      is_master=False, timeout=timeout())
+                store = dist.PrefixStore(f"bicycle/attempt_{world.restart}", agent)
+                dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.size, timeout=timeout())
+            else:
+                dist.init_process_group(backend, timeout=timeout())
         if dist.get_world_size() != world.size:
             raise ConfigError(f"the process group has {dist.get_world_size()} ranks, torchrun said {world.size}")
         self.host = dist.new_group(backend="gloo") if device.type == "cuda" else None  # host flags, CPU tensors
@@ -105,6 +120,12 @@ class Group:
         t = torch.tensor([int(flag)])
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host)
         return bool(t.item())
+
+    def max(self, value: int) -> int:
+        """The largest of the ranks' integers (a collective)."""
+        t = torch.tensor([int(value)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host)
+        return int(t.item())
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """The average over ranks of each value (same keys, same order on every rank)."""
@@ -154,8 +175,8 @@ def wrap(nets: Nets, device: torch.device, *, unused_in_encoder: bool, static_gr
             raise ConfigError("--norm batch under data parallelism would need SyncBatchNorm, which bicycle does not "
                               "use: train with --norm instance (the paper's) or in one process")
         ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(m, device_ids=ids, broadcast_buffers=False,
-                                                   find_unused_parameters=find_unused, static_graph=static_graph)
+        return nn.parallel.DistributedDataParallel(m, device_ids=ids, find_unused_parameters=find_unused,
+                                                   static_graph=static_graph)
 
     return Nets(G=ddp(nets.G), D=ddp(nets.D), E=ddp(nets.E, unused_in_encoder), D2=ddp(nets.D2))  # type: ignore[arg-type]
 
@@ -164,3 +185,37 @@ def rank_seed(seed: int, rank: int) -> int:
     """The seed of rank ``rank`` >= 1's noise (and dropout) stream, drawn after the networks' initialisation;
     rank 0 keeps the single-process stream."""
     return (seed * 1_000_003 + 7919 * rank) % (2**63 - 1)
+
+
+def rank_rng_tensors(group: Group) -> dict[str, torch.Tensor]:
+    """Every rank's RNG states for a checkpoint (a collective): ``rng.torch.rank<r>`` (and ``rng.cuda.rank<r>``)
+    for ranks r >= 1; rank 0's are the checkpoint's ``rng.torch`` / ``rng.cuda``."""
+    states = {"torch": torch.get_rng_state()}
+    if group.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(group.device)
+    out = {}
+    for kind, mine in states.items():
+        for r, t in enumerate(group.gather_bytes(mine)):
+            if r > 0:
+                out[f"rng.{kind}.rank{r}"] = t
+    return out
+
+
+def restore_rank_rng(ckpt, world: World, seed: int) -> str | None:
+    """After the checkpoint's own RNG states (rank 0's) were loaded: this rank's streams. A checkpoint of
+    another world size continues with fresh streams for the ranks it lacks; returns the note to show."""
+    saved = int(ckpt.metadata.get("world_size", "1"))
+    if world.rank > 0:
+        key = f"rng.torch.rank{world.rank}"
+        if key in ckpt.tensors:
+            torch.set_rng_state(ckpt.tensors[key])
+            cuda = f"rng.cuda.rank{world.rank}"
+            if cuda in ckpt.tensors and torch.cuda.is_available():
+                torch.cuda.set_rng_state(ckpt.tensors[cuda], world.local_rank)
+        else:
+            torch.manual_seed(rank_seed(seed + 1_000_000 * ckpt.step, world.rank))
+    if saved == world.size:
+        return None
+    return (f"note: this run was trained on {saved} rank(s) and resumes on {world.size}: the global batch becomes "
+            f"{world.size} x the per-rank batch, the data order continues from step {ckpt.step} at that batch, and "
+            f"ranks without saved noise streams start fresh ones; the result differs from an uninterrupted run")

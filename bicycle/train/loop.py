@@ -1,6 +1,7 @@
 """The training loop: run dir, checkpoints, samples, progress, observer hooks, clean interruption."""
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -12,7 +13,7 @@ import torch
 
 from bicycle.build import build_dataset, build_eval_dataset, pick_device, resolve
 from bicycle.config import RunConfig
-from bicycle.errors import CheckpointError, NonFiniteError, TrainingDiverged
+from bicycle.errors import CheckpointError, NonFiniteError, PeerLost, TrainingDiverged
 from bicycle.io import (atomic_write_bytes, load_checkpoint, load_networks, load_optimizers, remove_stale_temporaries,
                         resolve_checkpoint_path, writing)
 from bicycle.plugins import Plugins, get_plugins
@@ -21,7 +22,9 @@ from bicycle.train.data import BatchStream
 from bicycle.train.datafiles import manifest_metadata, manifests, resume_data_warning, run_splits, write_bad_list
 from bicycle.train.guard import Divergence
 from bicycle.train.execution import use_cuda_graphs
-from bicycle.train.graph import GraphedStep
+from bicycle.train.distributed import (DDP_EAGER_NOTE, DDP_GRAPH_WARMUP, SINGLE, Group, World, device_for,
+                                      rank_rng_tensors, restore_rank_rng)
+from bicycle.train.graph import DEFAULT_WARMUP, GraphedStep
 from bicycle.train.prefetch import for_device as prefetcher_for
 from bicycle.train.progress import Progress, fmt_duration
 from bicycle.train.runlog import RunLog
@@ -67,43 +70,79 @@ class _StopFlag:
 
 
 def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugins | None = None,
-          echo: Callable[[str], None] = print) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume``). Returns when done or stopped."""
-    plugins = plugins or get_plugins()
+          echo: Callable[[str], None] = print, world: World = SINGLE) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume``). Returns when done or stopped.
+    ``world``: this process's rank under torchrun (:mod:`bicycle.train.distributed`); rank 0 alone writes."""
+    if not world.launched:
+        return _train(cfg, run_dir, resume, plugins or get_plugins(), echo, None)
+    group = Group(world, device_for(world, cfg.train.device), capture=cfg.train.cuda_graphs is True)
+    try:
+        return _train(cfg, run_dir, resume, plugins or get_plugins(), echo if world.main else _quiet, group)
+    except RuntimeError as exc:  # a collective failed: a peer died or timed out (torchrun restarts or ends the job)
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise PeerLost(f"rank {world.rank}: lost the other ranks ({last[:300]})") from exc
+    finally:
+        group.close()
+
+
+def _quiet(line: str) -> None:
+    """Ranks other than 0 print nothing: rank 0 speaks for the job."""
+
+
+def _train(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: Callable[[str], None],
+           group: Group | None) -> TrainResult:
     registry = plugins.registry
+    world = group.world if group is not None else SINGLE
+    main = world.main
     t_start = time.perf_counter()
     ckpt = load_checkpoint(run_dir) if resume else None
 
-    dataset = build_dataset(cfg, registry, "train")
     data_notes: list[str | None] = []  # said once the run log is open
-    val = build_eval_dataset(cfg, registry, "the sample grids", echo=data_notes.append, train=dataset)
-    splits = run_splits(dataset, val)  # both splits checked before anything is written
+    with group.main_first("data-check") if group is not None else contextlib.nullcontext():  # rank 0 checks first
+        dataset = build_dataset(cfg, registry, "train")
+        val = build_eval_dataset(cfg, registry, "the sample grids", echo=data_notes.append, train=dataset)
+        splits = run_splits(dataset, val)  # both splits checked before anything is written
     data_files = manifests(splits)
     cfg = resolve(cfg, registry, dataset)
-    device = pick_device(cfg.train.device)
+    device = group.device if group is not None else pick_device(cfg.train.device)
     graphs, graphs_note = use_cuda_graphs(cfg.train.cuda_graphs, device)
-    state = build_state(cfg, registry, device)
+    ddp_stream, warmup = None, DEFAULT_WARMUP
+    if group is not None and graphs:
+        if cfg.train.cuda_graphs:  # asked for: DDP inside the captured iteration, as PyTorch documents it
+            ddp_stream, warmup = torch.cuda.Stream(device), DDP_GRAPH_WARMUP
+        else:
+            graphs, graphs_note = False, DDP_EAGER_NOTE
+    state = build_state(cfg, registry, device, world=world, ddp_stream=ddp_stream)
     start = 0
     if ckpt is not None:
         load_networks(ckpt, state.nets)
         load_optimizers(ckpt, state.optimizers)
         start = ckpt.step
+        data_notes.append(restore_rank_rng(ckpt, world, cfg.train.seed))
         assert state.guard is not None
         state.guard.reset(start)
 
-    with writing(run_dir):
-        ckpt_dir, sample_dir = _prepare_run_dir(run_dir, echo)
-    log = RunLog(run_dir)
+    ckpt_dir, sample_dir = run_dir / "checkpoints", run_dir / "samples"
+    if main:
+        with writing(run_dir):
+            _prepare_run_dir(run_dir, echo)
+    log = RunLog(run_dir if main else None)
     echo = log.tee(echo)
 
     def notify(hook: str, **kwargs) -> None:  # an observer that raises is disabled with a warning, logged
-        plugins.notify(hook, warn=echo, **kwargs)
+        if main:
+            plugins.notify(hook, warn=echo, **kwargs)
 
+    def together(flag: bool) -> bool:  # every rank takes the same decision
+        return group.any(flag) if group is not None else flag
+
+    ranks = f" per rank x {world.size} ranks (global batch {cfg.train.batch_size * world.size})" if group else ""
     echo(f"bicycle train {'resuming at step ' + str(start) if ckpt else 'from scratch'}: model {cfg.train.model}, "
-         f"{cfg.net.image_size} px, batch {cfg.train.batch_size}, {cfg.train.steps} steps, device {device}")
-    with writing(run_dir / "config.json"):
-        atomic_write_bytes(run_dir / "config.json", (cfg.to_json() + "\n").encode())
-    data_notes.append(write_bad_list(run_dir, splits))
+         f"{cfg.net.image_size} px, batch {cfg.train.batch_size}{ranks}, {cfg.train.steps} steps, device {device}")
+    if main:
+        with writing(run_dir / "config.json"):
+            atomic_write_bytes(run_dir / "config.json", (cfg.to_json() + "\n").encode())
+        data_notes.append(write_bad_list(run_dir, splits))
     if ckpt is not None:
         data_notes.append(resume_data_warning(ckpt.metadata, data_files))
     for line in filter(None, data_notes):
@@ -111,22 +150,40 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     grids = ProgressGrids(val, cfg.net.nz, cfg.train.seed, sample_dir, cfg.train.steps)
 
     total = cfg.train.steps
-    batches = prefetcher_for(BatchStream(dataset, cfg.train.batch_size, cfg.train.seed, start), device)
-    progress = Progress(total, start, log=log.write)
+    stream = BatchStream(dataset, cfg.train.batch_size, cfg.train.seed, start, shard=(world.rank, world.size))
+    batches = prefetcher_for(stream, device)
+    progress = Progress(total, start, log=log.write, stream=None if main else _NullStream())
     notify("bicycle_train_start", config=cfg, run_dir=run_dir, start_step=start)
     if graphs_note:
         echo(graphs_note)
-    stepper = _stepper(cfg, state, device, graphs)
+    stepper = _stepper(cfg, state, device, graphs, warmup)
 
-    def checkpoint(step: int) -> Path:
-        path = write_checkpoint(ckpt_dir, cfg, state, step, batches.position(), manifest_metadata(data_files))
+    def checkpoint(step: int) -> Path | None:
+        """Rank 0 writes (with every rank's RNG streams); a failure there stops every rank."""
+        extra = rank_rng_tensors(group) if group is not None else {}
+        meta = {**manifest_metadata(data_files), "world_size": str(world.size)}
+        failure: BaseException | None = None
+        path = None
+        if main:
+            try:
+                path = write_checkpoint(ckpt_dir, cfg, state, step, batches.position(), meta, extra)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other ranks heard of it
+                failure = exc
+        if group is not None:  # 0: written, 1: non-finite weights (a divergence on every rank), 2: another failure
+            code = group.max(0 if failure is None else 1 if isinstance(failure, NonFiniteError) else 2)
+            if failure is None and code == 1:
+                failure = NonFiniteError(f"weights of step {step} (rank 0 refused to write them)")
+            elif failure is None and code == 2:
+                failure = PeerLost(f"rank {world.rank}: rank 0 could not write the checkpoint of step {step} (see its output)")
+        if failure is not None:
+            raise failure
         notify("bicycle_train_checkpoint", step=step, path=path, config=cfg, run_dir=run_dir)
         return path
 
     step, interrupted, eta_shown, diverged = start, False, False, None
     with _StopFlag() as flag, batches:
         while step < total:
-            if flag.stop:
+            if together(flag.stop):  # a signal to any rank stops every rank at the same step
                 interrupted = True
                 break
             factor = lr_factor(step, total, cfg.optim.decay_start)
@@ -142,17 +199,19 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
                 progress.message(f"{progress.rate(step):.3f} s/step over the first steps: ETA {fmt_duration(progress.eta(step))}")
             writes = step % cfg.train.sample_every == 0 or step % cfg.train.checkpoint_every == 0
             if writes or step % cfg.train.log_every == 0 or step == total:
-                diverged = _diverged(state)  # one host read, only where something is logged or written
+                diverged = _diverged(state, step, together)  # one host read, only where something is logged or written
                 if diverged is not None:
                     break
             if step % cfg.train.log_every == 0 or step == total:
                 values = {k: float(v) for k, v in metrics.items()}  # the only host read of the losses
+                if group is not None:
+                    values = group.mean(values)  # logged: the average over ranks
                 progress.update(step, values)
                 notify("bicycle_train_step", step=step,
                                metrics={**values, "lr": cfg.optim.lr * factor, "lambda_kl": cfg.loss.kl * kl_ramp,
                                         "sec_per_step": progress.rate(step)},
                                config=cfg, run_dir=run_dir)
-            if step % cfg.train.sample_every == 0:
+            if step % cfg.train.sample_every == 0 and main:
                 wants = {arg: plugins.listening("bicycle_train_sample", arg) for arg in ("image", "measures")}
                 with writing(sample_dir, after=_last_good(ckpt_dir) + " (intact)"):
                     grid = grids.write(state.nets, step, device, **wants)
@@ -165,7 +224,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
                 if diverged is not None:
                     break
     progress.close()
-    diverged = diverged or _diverged(state)  # a Ctrl-C may come between two checks
+    diverged = diverged or _diverged(state, step, together)  # a Ctrl-C may come between two checks
     if diverged is None and (step > start or ckpt is None):
         diverged = _checkpoint_or_divergence(checkpoint, step, ckpt_dir, echo)
     if diverged is not None:
@@ -177,26 +236,39 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
         raise TrainingDiverged(message)
     summary: dict = {"step": step, "seconds": round(time.perf_counter() - t_start, 1),
                      "z_sensitivity": grids.history, "ignoring_z_warning": grids.warned}
-    if not interrupted:
+    if not interrupted and main:
         with writing(run_dir):
             summary.update(final_report(cfg, state.nets, val, sample_dir, device, echo))
             atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    else:
+    elif interrupted:
         echo(f"interrupted at step {step}; resume with: bicycle train --resume {run_dir}")
     notify("bicycle_train_end", step=step, config=cfg, run_dir=run_dir, interrupted=interrupted)
     log.close()
     return TrainResult(run_dir, step, interrupted, time.perf_counter() - t_start, summary, flag.signal)
 
 
-def _stepper(cfg: RunConfig, state: TrainState, device: torch.device, graphs: bool) -> GraphedStep:
+def _stepper(cfg: RunConfig, state: TrainState, device: torch.device, graphs: bool,
+             warmup: int = DEFAULT_WARMUP) -> GraphedStep:
     """The one step path: captured and replayed when ``graphs``, the same body eagerly otherwise."""
     s, n = cfg.net.image_size, cfg.train.batch_size
     return GraphedStep(state, (n, cfg.net.in_channels, s, s), (n, cfg.net.out_channels, s, s), cfg.net.nz, device,
-                       precision=cfg.train.precision, capture=graphs)
+                       precision=cfg.train.precision, capture=graphs, warmup=warmup)
 
 
-def _diverged(state: TrainState) -> Divergence | None:
-    return state.guard.first_bad() if state.guard is not None else None
+def _diverged(state: TrainState, step: int, together: Callable[[bool], bool] = bool) -> Divergence | None:
+    """This rank's divergence, or, when another rank diverged, one at ``step`` (decided by every rank)."""
+    mine = state.guard.first_bad() if state.guard is not None else None
+    if together(mine is not None) and mine is None:
+        return Divergence(step, {}, what="losses on another rank")
+    return mine
+
+
+class _NullStream:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 def _checkpoint_or_divergence(checkpoint: Callable[[int], Path], step: int, ckpt_dir: Path,

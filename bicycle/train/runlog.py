@@ -9,9 +9,10 @@ LOG_NAME = "train.log"
 
 
 class RunLog:
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOG_NAME
-        self._file: TextIO | None = open(self.path, "a", buffering=1, encoding="utf-8")
+    def __init__(self, run_dir: Path | None) -> None:
+        """``run_dir`` None: a log that keeps nothing (ranks other than 0)."""
+        self.path = run_dir / LOG_NAME if run_dir is not None else None
+        self._file: TextIO | None = open(self.path, "a", buffering=1, encoding="utf-8") if self.path else None
 
     def write(self, line: str) -> None:
         if self._file is not None:
