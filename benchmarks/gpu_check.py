@@ -2,7 +2,7 @@
 """The GPU check's driver (benchmarks/gpu_check.sh installs the tree, then runs this).
 
 Parts, run in the order given (``--parts`` / PARTS, default all): env, tests, step, kernels, graph_ops,
-loop. Each runs as subprocesses under its own time cap, clipped so that the parts after it keep their
+loop, ddp. Each runs as subprocesses under its own time cap, clipped so that the parts after it keep their
 floors within ``--budget``; a failure, crash or timeout of one part is recorded and the next one runs.
 This process imports only the standard library: the library (torch, CUDA) runs in children
 (``--child NAME``), so a crash there never loses a result.
@@ -620,6 +620,28 @@ def resume_text(data: dict) -> str:
     return text
 
 
+# -- part: ddp (one rank under torchrun: the data-parallel code path on this device) ---------------------
+
+def part_ddp(ctx: Ctx, data: dict) -> tuple[str, str | None]:
+    """torchrun with world size 1: DDP eager (the default under torchrun on CUDA), then, on CUDA, DDP inside
+    the captured iteration (--cuda-graphs, opt-in); each must train to the end and write its checkpoint."""
+    root = ctx.scratch / "ddp"
+    runs = [("eager", [])] + ([("graphs", ["--cuda-graphs"])] if ctx.device == "cuda" else [])
+    problems = []
+    for name, extra in runs:
+        argv = [ctx.args.python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "bicycle",
+                *train_argv(ctx.device, root / name), *extra]
+        cmd = ctx.run(f"ddp-{name}", argv)
+        data[name] = cmd.record(lines=10)
+        data[name]["checkpoint"] = (root / name / "checkpoints" / "latest").is_file()
+        ctx.report.write()
+        if not cmd.ok or not data[name]["checkpoint"]:
+            problems.append(f"{name}: {cmd.why() if not cmd.ok else 'no checkpoint written'}")
+    if problems:
+        return "failed", "; ".join(problems)
+    return "ok", f"torchrun world size 1 trained: {', '.join(n for n, _ in runs)}"
+
+
 # -- the parts -----------------------------------------------------------------------------------------
 
 PARTS: dict[str, Part] = {
@@ -629,6 +651,7 @@ PARTS: dict[str, Part] = {
     "kernels": Part(records_part("kernels", kernel_summary), 35, 15),
     "graph_ops": Part(records_part("graph_ops"), 25, 10, cuda_only=True),
     "loop": Part(part_loop, 80, 50),
+    "ddp": Part(part_ddp, 60, 25),
 }
 FAKE_PARTS: dict[str, Part] = {name: Part(records_part(name), 2, 1, False, probed=False)  # test-only
                                for name in ("fake-ok", "fake-measure", "fake-error", "fake-import", "fake-hang",

@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "benchmarks" / "gpu_check.py"
-REAL = ["env", "tests", "step", "kernels", "graph_ops", "loop"]
+REAL = ["env", "tests", "step", "kernels", "graph_ops", "loop", "ddp"]
 FAKES = ["fake-ok", "fake-measure", "fake-error", "fake-import", "fake-hang", "fake-truncated"]
 STATUSES = {"ok", "failed", "error", "timeout", "skipped", "not-run"}
 
@@ -102,7 +102,7 @@ def test_the_summary_table_is_printed_and_saved(full_run):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asserts what happens without CUDA")
 def test_without_cuda_the_gpu_parts_skip_and_env_still_reports(full_run):
     _, _, _, _, doc, _ = full_run
-    for name in ("tests", "step", "kernels", "graph_ops", "loop"):
+    for name in ("tests", "step", "kernels", "graph_ops", "loop", "ddp"):
         assert doc["parts"][name]["status"] == "skipped", name
         assert doc["parts"][name]["reason"].startswith("no CUDA"), name
     env = doc["parts"]["env"]
