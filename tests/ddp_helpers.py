@@ -69,14 +69,19 @@ def reference(world: int, norm: str) -> tuple[dict[str, torch.Tensor], set[str]]
     from bicycle.plugins import get_plugins
     from bicycle.train.state import build_state
     from bicycle.train.step import train_step
-    torch.set_default_dtype(torch.float64)
-    cfg, _, batches = global_batches(world, norm)
-    state = build_state(cfg, get_plugins().registry, "cpu")
-    h = B // 2
-    for a, b, noise in batches:
-        order = [r * B + i for r in range(world) for i in range(h)] + [r * B + h + i for r in range(world) for i in range(h)]
-        train_step(state, a[order], b[order], noise)
-    return state_of(state), inert_biases(state.nets)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # this runs in the test process: put the default back afterwards
+    try:
+        cfg, _, batches = global_batches(world, norm)
+        state = build_state(cfg, get_plugins().registry, "cpu")
+        h = B // 2
+        for a, b, noise in batches:
+            order = ([r * B + i for r in range(world) for i in range(h)]
+                     + [r * B + h + i for r in range(world) for i in range(h)])
+            train_step(state, a[order], b[order], noise)
+        return state_of(state), inert_biases(state.nets)
+    finally:
+        torch.set_default_dtype(old)
 
 
 def rank_main(rank: int, world: int, init_file: str, out_dir: str, kl_factor: bool, norm: str) -> None:

@@ -1,12 +1,21 @@
 """Data parallelism keeps what a step computes: 2 gloo ranks against one process at the global batch."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 import ddp_helpers as h
 
 WORLD = 2
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def run_ranks(tmp_path, kl_factor: bool = True, norm: str = "none"):
@@ -24,7 +33,6 @@ def mismatches(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], rtol
 
 def test_two_ranks_make_the_updates_of_one_process_at_the_global_batch(tmp_path):
     """Without norm layers every parameter carries a gradient: all of them, and Adam's moments, within rtol 1e-9."""
-    torch.set_num_threads(1)
     want, _ = h.reference(WORLD, "none")
     assert any(k.startswith("opt.E.") for k in want) and any(k.startswith("D2.") for k in want)
     (rank0, rank1), (noise0, noise1) = run_ranks(tmp_path)
@@ -40,7 +48,6 @@ def test_two_ranks_make_the_updates_of_one_process_at_the_global_batch(tmp_path)
 def test_with_instance_norm_every_parameter_the_norm_does_not_cancel_matches(tmp_path):
     """The paper's instance norm: conv biases in front of it have an analytically zero gradient (rounding noise
     that Adam turns into full steps, in one process as in two), so they are left out; the rest match."""
-    torch.set_num_threads(1)
     want, inert = h.reference(WORLD, "instance")
     assert len(inert) > 5 and "G.downs.1.1.bias" in inert
     (rank0, _), _ = run_ranks(tmp_path, norm="instance")
@@ -48,6 +55,10 @@ def test_with_instance_norm_every_parameter_the_norm_does_not_cancel_matches(tmp
     # relative to each tensor's scale: weights feeding the norm have elements whose gradient is near-cancelled too
     off = {k: float((rank0[k] - want[k]).abs().max() / want[k].abs().max()) for k in params}
     assert max(off.values()) < 1e-7, sorted(off.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_the_reference_leaves_the_default_dtype_alone():
+    assert torch.get_default_dtype() == torch.float32
 
 
 def test_each_rank_reads_its_slice_of_the_global_batch():
