@@ -48,7 +48,8 @@ _TRAIN_KEYS = {
     "lambda_kl": "loss.kl", "kl_warmup": "loss.kl_warmup", "lambda_z": "loss.z", "log_every": "train.log_every",
     "sample_every": "train.sample_every", "checkpoint_every": "train.checkpoint_every",
     "cuda_graphs": "train.cuda_graphs", "precision": "train.precision", "compile": "train.compile",
-    "bad_images": "data.bad_images",
+    "bad_images": "data.bad_images", "kl_free_bits": "loss.kl_free_bits", "d_layers": "net.d_layers",
+    "d_scales": "net.d_scales",
 }
 
 
@@ -75,6 +76,8 @@ _TRAIN_KEYS = {
 @click.option("--ngf", type=int)
 @click.option("--nef", type=int)
 @click.option("--ndf", type=int)
+@click.option("--d-layers", type=int, help="stride-2 layers of each PatchGAN scale (3; the original's 128-px D has 2)")
+@click.option("--d-scales", type=int, help="scales of each multi-scale discriminator (2)")
 @click.option("--dropout/--no-dropout", default=None)
 @click.option("--gan-mode", type=click.Choice(["lsgan", "vanilla"]))
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]))
@@ -88,6 +91,7 @@ _TRAIN_KEYS = {
 @click.option("--lambda-kl", type=float)
 @click.option("--kl-warmup", type=float, help="ramp lambda_KL up linearly over this fraction of the steps (0: constant, as the paper)")
 @click.option("--lambda-z", type=float)
+@click.option("--kl-free-bits", type=float, help="floor, in nats, on each dimension's batch-mean KL (free bits; 0: off)")
 @click.option("--log-every", type=int)
 @click.option("--sample-every", type=int)
 @click.option("--checkpoint-every", type=int)
@@ -152,7 +156,7 @@ def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Pa
 
 
 def _new_config(preset: str, flags: dict, registry):
-    from bicycle.config import PRESETS, replace, validate
+    from bicycle.config import preset_config, validate
 
     overrides = {_TRAIN_KEYS[k]: v for k, v in flags.items() if v is not None}
     backbone = overrides.get("net.backbone")
@@ -160,7 +164,7 @@ def _new_config(preset: str, flags: dict, registry):
         implied = registry.backbone(backbone).default_image_size
         if implied:
             overrides["net.image_size"] = implied
-    return validate(replace(PRESETS[preset], overrides))
+    return validate(preset_config(preset, overrides))
 
 
 def _resumed_config(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path, stored, flags: dict):

@@ -60,6 +60,9 @@ class LossWeights:
     gan: float = 1.0
     gan2: float = 1.0
     kl_warmup: float = 0.0
+    # "free bits" (Kingma et al., 2016): each dimension's batch-mean KL is floored at this many nats before the
+    # sum over dimensions (and the batch) is restored; 0: off, as the paper
+    kl_free_bits: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,21 @@ PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(steps=200_000, batch_size=2),
     ),
 }
+
+
+# The original's recipe per size where it differs from the 256-px one: unet_128, the 2-layer multi-scale
+# discriminator (basic_128_multi), resnet_128 (the encoder's blocks follow the size by themselves).
+PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128", "net.d_layers": 2}}
+
+
+def preset_config(name: str, overrides: dict[str, Any]) -> RunConfig:
+    """A preset with ``overrides``; the ``paper`` preset at 128 px takes the original's 128-px recipe
+    (:data:`PAPER_SIZE_RECIPES`) for every key the overrides leave out."""
+    cfg = replace(PRESETS[name], overrides)
+    if name == "paper":
+        extra = {k: v for k, v in PAPER_SIZE_RECIPES.get(cfg.net.image_size, {}).items() if k not in overrides}
+        cfg = replace(cfg, extra)
+    return cfg
 
 
 def replace(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:

@@ -191,3 +191,17 @@ def test_an_impl_that_cannot_run_here_fails_at_config_resolution_in_one_line(tmp
     assert lines[-1] == ("Error: --impl cpp: unavailable on cpu tensors: the C++ extension bicycle._C is not available "
                          "(No module)")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("args, want", [
+    (["--preset", "paper", "--image-size", "128"], ("unet128", 2, 2)),          # the original's 128-px recipe
+    (["--preset", "paper", "--backbone", "unet128"], ("unet128", 2, 2)),
+    (["--preset", "paper", "--image-size", "128", "--d-layers", "3"], ("unet128", 3, 2)),
+    (["--preset", "paper"], ("unet256", 3, 2)),
+    (["--d-layers", "2", "--d-scales", "1"], ("unet", 2, 1)),
+])
+def test_discriminator_flags_and_the_paper_recipe_per_size(args, want):
+    result = invoke("train", "--dry-run", *args)
+    assert result.exit_code == 0, result.output
+    net = json.loads(result.output[result.output.index("{"):])["net"]
+    assert (net["backbone"], net["d_layers"], net["d_scales"]) == want
