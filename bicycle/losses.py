@@ -62,9 +62,13 @@ def l1(x: Tensor, y: Tensor) -> Tensor:
     return (x - y).abs().mean()
 
 
-def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor, kl_weight: float, impl: str) -> tuple[Tensor, Tensor]:
-    """mu, logvar, eps: [n, nz]. z = mu + exp(logvar / 2) * eps and kl_weight * L_KL (0-dim)."""
-    return ops.reparam_kl(mu, logvar, eps, kl_weight, impl=impl)
+def reparameterize(
+    mu: Tensor, logvar: Tensor, eps: Tensor, kl_weight: float, impl: str, free_bits: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """mu, logvar, eps: [n, nz]. z = mu + exp(logvar / 2) * eps and kl_weight * L_KL (0-dim).
+
+    ``free_bits`` f > 0: L_KL = n * SUM_j max(m_j, f), m_j the batch-mean KL of dimension j (free bits)."""
+    return ops.reparam_kl(mu, logvar, eps, kl_weight, free_bits, impl=impl)
 
 
 # -- what a model's losses need and return --------------------------------------------------------
@@ -86,7 +90,8 @@ class LossSetup:
 
     def encode(self, mu: Tensor, logvar: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """(z [n, nz], lambda_KL * L_KL) with :func:`reparameterize`, the warm-up applied."""
-        z, kl = reparameterize(mu, logvar, eps, self.weights.kl, self.impl)
+        # free bits floor this rank's batch means: check_parallel refuses them under torchrun (world_size > 1)
+        z, kl = reparameterize(mu, logvar, eps, self.weights.kl, self.impl, self.weights.kl_free_bits)
         if self.world_size != 1:
             kl = kl * self.world_size
         return z, kl if self.kl_scale is None else kl * self.kl_scale

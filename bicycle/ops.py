@@ -112,16 +112,26 @@ def _backend(module: ModuleType, impl: str):
     return module.TritonBackend() if impl == "triton" else module.CppBackend(_ext()[0])
 
 
-def reparam_kl(mu: Tensor, logvar: Tensor, eps: Tensor, kl_weight: float = 1.0, *, impl: str = "auto") -> tuple[Tensor, Tensor]:
+def reparam_kl(
+    mu: Tensor, logvar: Tensor, eps: Tensor, kl_weight: float = 1.0, free_bits: float = 0.0, *, impl: str = "auto"
+) -> tuple[Tensor, Tensor]:
     """z = mu + eps * exp(logvar / 2) and kl = -0.5 * kl_weight * SUM(1 + logvar - mu^2 - exp(logvar)).
 
     mu, logvar, eps: [N, nz]. Returns z [N, nz] and a 0-dim kl. Differentiable in mu, logvar, eps.
+    ``free_bits`` f > 0 (free bits): kl = kl_weight * N * SUM_j max(m_j, f), m_j the batch-mean KL of
+    dimension j; a dimension with m_j < f gets no KL gradient (m_j == f passes through). Every impl
+    implements it (see :mod:`bicycle.kernels.reparam_kl`); f = 0 is the plain sum.
     """
     _reparam.check_inputs(mu, logvar, eps)
+    _reparam.check_free_bits(mu, free_bits)
     chosen = resolve_impl(impl, mu.device.type, "reparam_kl")
+    if free_bits == 0:
+        if chosen == "ref":
+            return reparam_kl_ref(mu, logvar, eps, kl_weight)
+        return _reparam.reparam_kl_fused(mu, logvar, eps, kl_weight, _backend(_reparam, chosen))
     if chosen == "ref":
-        return reparam_kl_ref(mu, logvar, eps, kl_weight)
-    return _reparam.reparam_kl_fused(mu, logvar, eps, kl_weight, _backend(_reparam, chosen))
+        return reparam_kl_ref(mu, logvar, eps, kl_weight, free_bits)
+    return _reparam.reparam_kl_fused(mu, logvar, eps, kl_weight, _backend(_reparam, chosen), free_bits)
 
 
 def lsgan(preds: Sequence[Tensor], target: float, *, impl: str = "auto") -> Tensor:

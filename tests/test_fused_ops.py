@@ -189,6 +189,191 @@ def test_cpp_reparam_kl_same_result_for_any_thread_count():
         assert torch.equal(z, outs[0][0]) and torch.equal(kl, outs[0][1])
 
 
+# ----------------------------------------------------------------------------- reparam_kl free bits
+FREE_BITS = 0.5
+
+
+def _fb_inputs(shape, dtype, device="cpu", seed=0):
+    """[N, nz] inputs whose even dimensions sit well below the 0.5-nat floor and odd ones well above it
+    (no batch mean within a finite-difference step or a bfloat16 rounding of the floor)."""
+    g = torch.Generator().manual_seed(seed)
+    n, nz = shape
+    small = (torch.arange(nz) % 2 == 0).to(torch.float64)
+    mu = torch.randn(shape, generator=g, dtype=torch.float64) * (0.1 * small + 0.2 * (1 - small)) + 2.0 * (1 - small)
+    lv = torch.randn(shape, generator=g, dtype=torch.float64) * 0.1
+    eps = torch.randn(shape, generator=g, dtype=torch.float64)
+    return [t.to(dtype).to(device) for t in (mu, lv, eps)]
+
+
+def _batch_mean_kl(mu, lv):
+    mu, lv = mu.double(), lv.double()
+    return (-0.5 * (1 + lv - mu**2 - lv.exp())).mean(0)
+
+
+def _check_free_bits(impl: str, device: str, shape, dtype, w=0.01, f=FREE_BITS):
+    mu, lv, eps = (t.requires_grad_(True) for t in _fb_inputs(shape, dtype, device))
+    m = _batch_mean_kl(mu.detach(), lv.detach())
+    below = m < f
+    if shape[1] > 1:
+        assert below.any() and (~below).any()
+    assert ((m - f).abs() > 0.05).all()
+    gz = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
+    gkl = torch.tensor(0.7, dtype=dtype, device=device)
+    z, kl = ops.reparam_kl(mu, lv, eps, w, f, impl=impl)
+    grads = torch.autograd.grad((z, kl), (mu, lv, eps), (gz, gkl))
+    ref_in = [t.detach().double().requires_grad_(True) for t in (mu, lv, eps)]
+    zr, klr = reparam_kl_ref(*ref_in, w, f)
+    grads_r = torch.autograd.grad((zr, klr), ref_in, (gz.double(), gkl.double()))
+    rtol, atol = TOL[dtype]
+    assert z.dtype == dtype and kl.dtype == dtype and z.shape == mu.shape and kl.shape == ()
+    assert z.device.type == device
+    torch.testing.assert_close(z.double(), zr, rtol=rtol, atol=atol)
+    torch.testing.assert_close(kl.double(), klr, rtol=rtol, atol=atol)
+    for a, b in zip(grads, grads_r):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=rtol, atol=atol)
+    # the floor binds: the KL differs from the plain sum, and the dimensions under it get no KL gradient
+    if below.any():
+        assert not torch.allclose(klr, reparam_kl_ref(*ref_in, w)[1])
+        dmu_kl = torch.autograd.grad(ops.reparam_kl(mu, lv, eps, w, f, impl=impl)[1], mu)[0]
+        assert (dmu_kl[:, below.to(device)] == 0).all()
+        if (~below).any():
+            assert (dmu_kl[:, (~below).to(device)] != 0).any()
+
+
+def test_reparam_kl_ref_free_bits_formula():
+    """kl = w * N * SUM_j max(m_j, f), written out; f = 0 is the old formula bit for bit."""
+    mu, lv, eps = _fb_inputs((6, 5), torch.float64)
+    w = 0.3
+    m = _batch_mean_kl(mu, lv)
+    _, kl = reparam_kl_ref(mu, lv, eps, w, FREE_BITS)
+    torch.testing.assert_close(kl, w * 6 * torch.clamp(m, min=FREE_BITS).sum(), rtol=1e-14, atol=1e-14)
+    old = torch.sum(mu.pow(2).add(lv.exp()).mul(-1).add(1).add(lv)).mul(-0.5) * w
+    assert torch.equal(reparam_kl_ref(mu, lv, eps, w, 0.0)[1], old)
+    assert torch.equal(reparam_kl_ref(mu, lv, eps, w)[1], old)
+    # with every dimension above a tiny floor it is the plain sum again (up to rounding)
+    torch.testing.assert_close(reparam_kl_ref(mu, lv, eps, w, 1e-9)[1], old, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=_dtype_id)
+@each_impl
+def test_reparam_kl_free_bits_zero_is_the_plain_sum_bit_for_bit(fused, dtype):
+    mu, lv, eps = _inputs((7, 13), dtype, fused.device)
+    plain = ops.reparam_kl(mu, lv, eps, 0.01, impl=fused.impl)
+    zero = ops.reparam_kl(mu, lv, eps, 0.01, 0.0, impl=fused.impl)
+    assert torch.equal(plain[0], zero[0]) and torch.equal(plain[1], zero[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("shape", [(1, 2), (2, 1), (7, 13), (33, 8)], ids=_shape_id)
+@each_impl_and_block_size
+def test_reparam_kl_free_bits_matches_reference(fused, shape, dtype):
+    _check_free_bits(fused.impl, fused.device, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=_dtype_id)
+@each_impl
+def test_reparam_kl_free_bits_matches_reference_large(fused, dtype):
+    """4099 rows: several row blocks (Triton), several row chunks and threads (C++)."""
+    _check_free_bits(fused.impl, fused.device, (4099, 3), dtype)
+
+
+def test_reparam_kl_ref_free_bits_gradcheck_float64():
+    mu, lv, eps = (t.requires_grad_(True) for t in _fb_inputs((3, 4), torch.float64))
+    assert torch.autograd.gradcheck(lambda a, b, c: reparam_kl_ref(a, b, c, 0.3, FREE_BITS), (mu, lv, eps))
+
+
+@each_impl
+def test_reparam_kl_free_bits_gradcheck_float64(fused):
+    mu, lv, eps = (t.requires_grad_(True) for t in _fb_inputs((3, 4), torch.float64, fused.device))
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.reparam_kl(a, b, c, 0.3, FREE_BITS, impl=fused.impl),
+                                    (mu, lv, eps))
+
+
+@pytest.mark.parametrize("impl", ["ref", pytest.param("cpp", marks=needs_cpp),
+                                  pytest.param("triton", marks=needs_triton)])
+def test_reparam_kl_free_bits_tie_passes_through(impl):
+    """m_j == f exactly (mu = 1, logvar = 0: k = 0.5): the gradient passes; just below: zero."""
+    device = TRITON_DEVICE if impl == "triton" else "cpu"
+    mu = torch.tensor([[1.0, 0.5], [1.0, 0.5]], dtype=torch.float64, device=device, requires_grad=True)
+    lv = torch.zeros_like(mu, requires_grad=True)
+    eps = torch.zeros_like(mu)
+    _, kl = ops.reparam_kl(mu, lv, eps, 1.0, 0.5, impl=impl)
+    assert float(kl.detach()) == 2 * (0.5 + 0.5)
+    dmu, dlv = torch.autograd.grad(kl, (mu, lv))
+    assert torch.equal(dmu.cpu(), torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64))
+    assert torch.equal(dlv.cpu(), torch.zeros(2, 2, dtype=torch.float64))  # exp(0) - 1 = 0 in column 0 too
+
+
+@each_impl
+def test_reparam_kl_free_bits_grad_of_z_only_and_kl_only(fused):
+    mu, lv, eps = (t.requires_grad_(True) for t in _fb_inputs((6, 4), torch.float64, fused.device))
+    kw = dict(allow_unused=True, materialize_grads=True)
+    for pick in (0, 1):
+        out = ops.reparam_kl(mu, lv, eps, 0.5, FREE_BITS, impl=fused.impl)[pick].sum()
+        ref = reparam_kl_ref(mu, lv, eps, 0.5, FREE_BITS)[pick].sum()
+        for a, b in zip(torch.autograd.grad(out, (mu, lv, eps), **kw), torch.autograd.grad(ref, (mu, lv, eps), **kw)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["ref", pytest.param("cpp", marks=needs_cpp),
+                                  pytest.param("triton", marks=needs_triton)])
+def test_reparam_kl_free_bits_rejects_bad_values_and_shapes(impl):
+    device = TRITON_DEVICE if impl == "triton" else "cpu"
+    x = torch.zeros(3, 2, device=device)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="free_bits must be finite and >= 0"):
+            ops.reparam_kl(x, x, x, 1.0, bad, impl=impl)
+    y = torch.zeros(3, 2, 2, device=device)
+    with pytest.raises(ValueError, match=r"free_bits > 0 needs \[N, nz\] inputs, got shape \[3, 2, 2\]"):
+        ops.reparam_kl(y, y, y, 1.0, 0.5, impl=impl)
+    ops.reparam_kl(y, y, y, 1.0, 0.0, impl=impl)  # f = 0: any shape, as before
+
+
+@needs_cpp
+def test_cpp_reparam_kl_free_bits_refuses_an_extension_without_it():
+    """No silent fallback: a bicycle._C built before free bits raises instead of dropping the floor."""
+    class OldExt:
+        reparam_kl_forward = staticmethod(_C.reparam_kl_forward)
+        reparam_kl_backward = staticmethod(_C.reparam_kl_backward)
+
+    backend = reparam_mod.CppBackend(OldExt())
+    mu, lv, eps = _fb_inputs((3, 2), torch.float32)
+    with pytest.raises(ops.OpUnavailableError, match="no free bits"):
+        reparam_mod.reparam_kl_fused(mu, lv, eps, 1.0, backend, FREE_BITS)
+    reparam_mod.reparam_kl_fused(mu, lv, eps, 1.0, backend)  # f = 0 still runs
+
+
+@needs_cpp
+def test_cpp_reparam_kl_free_bits_same_result_for_any_thread_count():
+    mu, lv, eps = _fb_inputs((40_000, 8), torch.float32)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for nt in (1, 2, 3):
+            torch.set_num_threads(nt)
+            outs.append(ops.reparam_kl(mu, lv, eps, 0.01, FREE_BITS, impl="cpp"))
+    finally:
+        torch.set_num_threads(before)
+    for z, kl in outs[1:]:
+        assert torch.equal(z, outs[0][0]) and torch.equal(kl, outs[0][1])
+
+
+@needs_cpp
+def test_cpp_reparam_kl_free_bits_validates_buffers_by_name():
+    a = torch.zeros(4, 3).numpy()
+    act = torch.zeros(3).numpy()
+    with pytest.raises(ValueError, match=r"argument 'active_out' has shape \[4\], expected \[3\]"):
+        _C.reparam_kl_forward_free_bits(a, a, a, a.copy(), torch.zeros(4).numpy(), 1.0, 0.5)
+    with pytest.raises(ValueError, match=r"argument 'mu' has shape \[12\], expected \[N, nz\]"):
+        v = a.reshape(-1)
+        _C.reparam_kl_forward_free_bits(v, v, v, v.copy(), act, 1.0, 0.5)
+    with pytest.raises(ValueError, match=r"argument 'free_bits' must be finite and >= 0"):
+        _C.reparam_kl_forward_free_bits(a, a, a, a.copy(), act, 1.0, -1.0)
+    with pytest.raises(ValueError, match=r"argument 'active' has shape \[2\], expected \[3\]"):
+        _C.reparam_kl_backward(a, a, a, None, 1.0, 1.0, a.copy(), a.copy(), active=torch.zeros(2).numpy())
+
+
 # ------------------------------------------------------------------------------------- lsgan, lsgan_d
 def _preds(sizes, dtype, device="cpu", seed=0, noncontig=False):
     g = torch.Generator().manual_seed(seed)
@@ -439,3 +624,42 @@ def test_triton_lsgan_and_lsgan_d_in_cuda_graph(n_scales):
         ref = (lg, ld, *torch.autograd.grad(lg + 2 * ld, f64))
         for a, b in zip(out, ref):
             torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@needs_triton
+@needs_cuda  # the lowest skipif is evaluated first: without CUDA this is the reason given
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("shape", [(2, 8), (64, 8), (4099, 3), (300, 130)], ids=_shape_id)
+def test_triton_reparam_kl_free_bits_on_cuda(shape, dtype):
+    """Free bits in the Triton kernels on a CUDA device against the float64 reference (forward, backward)."""
+    _check_free_bits("triton", "cuda", shape, dtype)
+
+
+@pytest.mark.gpu
+@needs_triton
+@needs_cuda  # the lowest skipif is evaluated first: without CUDA this is the reason given
+def test_triton_reparam_kl_free_bits_in_cuda_graph():
+    shape, w = (8, 8), 0.01
+    mu0, lv0, _ = _fb_inputs(shape, torch.float32, "cuda")
+    mu, lv = mu0.clone().requires_grad_(True), lv0.clone().requires_grad_(True)
+    eps, gz = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
+    gkl = torch.tensor(0.5, device="cuda")
+
+    def step():
+        z, kl = ops.reparam_kl(mu, lv, eps, w, FREE_BITS, impl="triton")
+        return (z, kl, *torch.autograd.grad((z, kl), (mu, lv), (gz, gkl)))
+
+    graph, out = _capture(step)
+    for seed in range(3):  # new inputs (a different set of dimensions under the floor) on every replay
+        new_mu, new_lv, _ = _fb_inputs(shape, torch.float32, "cuda", seed=seed)
+        with torch.no_grad():
+            mu.copy_(new_mu.flip(1) if seed % 2 else new_mu)
+            lv.copy_(new_lv)
+        eps.normal_()
+        graph.replay()
+        ref_in = [t.detach().double().requires_grad_(True) for t in (mu, lv)]
+        zr, klr = reparam_kl_ref(*ref_in, eps.double(), w, FREE_BITS)
+        ref = (zr, klr, *torch.autograd.grad((zr, klr), ref_in, (gz.double(), gkl.double())))
+        for a, b in zip(out, ref):
+            torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=1e-5)

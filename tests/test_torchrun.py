@@ -119,3 +119,11 @@ def test_sigterm_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path):
     assert "interrupted at step" in out and "Traceback" not in out, out
     step = int(out.split("interrupted at step ")[1].split(";")[0])
     assert (run / "checkpoints" / f"step_{step:08d}.safetensors").is_file()
+
+
+def test_a_divergence_stops_every_rank_with_one_verdict(tmp_path):
+    r = bicycle("train", "--nproc", "2", *FLAGS, "--steps", "20", "--log-every", "1", "--lr", "1e30",
+                "--run-dir", tmp_path / "div")
+    assert r.returncode == 6, r.stdout + r.stderr  # TrainingDiverged, decided by both ranks at the same step
+    assert "training diverged at step" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
+    assert not list((tmp_path / "div" / "checkpoints").glob("step_*"))
