@@ -15,6 +15,7 @@ from bicycle.data.base import oracle_of
 from bicycle.metrics import z_sensitivity
 from bicycle.nets import Nets
 from bicycle.sample import distinct_valid_modes, sample_grid
+from bicycle.train.collapse import CollapseMonitor
 
 GRID_INPUTS, GRID_SAMPLES = 4, 6
 # z-sensitivity (bicycle.metrics.z_sensitivity) below this after 10% of training: G is ignoring z.
@@ -43,7 +44,10 @@ class ProgressGrids:
     """The first ``GRID_INPUTS`` pairs of ``val`` with ``GRID_SAMPLES`` codes from ``seed + 1``: one PNG per
     :meth:`write`, and the z-sensitivity of its outputs, warned about once when G ignores z."""
 
-    def __init__(self, val, nz: int, seed: int, sample_dir: Path, total_steps: int) -> None:
+    def __init__(self, val, nz: int, seed: int, sample_dir: Path, total_steps: int,
+                 collapse: CollapseMonitor | None = None) -> None:
+        """``collapse``: also watch for posterior collapse at every grid (models with an encoder)."""
+        self.collapse = collapse
         self.n = min(GRID_INPUTS, len(val))
         self.a, self.b = val.get_batch(list(range(self.n)))
         self.z = torch.randn(self.n, GRID_SAMPLES, nz, generator=torch.Generator().manual_seed(seed + 1))
@@ -58,8 +62,9 @@ class ProgressGrids:
         ("z_sensitivity"; with an oracle "valid_rate", "modes_per_input"), which cost host work."""
         _eval_mode(nets, True)
         picture, outs = sample_grid(nets, self.a.to(device), self.b.to(device), self.z.to(device))
+        collapse = self.collapse.check(nets, step, device) if self.collapse is not None and nets.E is not None else None
         _eval_mode(nets, False)
-        out = GridWrite(self.sample_dir / f"step_{step:08d}.png")
+        out = GridWrite(self.sample_dir / f"step_{step:08d}.png", collapse)
         picture.save(out.path)
         if image:
             out.image = np.asarray(picture)  # uint8 [H, W, 3]
@@ -73,7 +78,7 @@ class ProgressGrids:
             self.history.append((step, round(sens, 4)))
             if measures:
                 out.measures["z_sensitivity"] = sens
-            out.warning = self._warning(step, sens)
+            out.warning = "\n".join(w for w in (out.warning, self._warning(step, sens)) if w) or None
         if oracle is not None:
             distinct, valid = distinct_valid_modes(oracle, self.a, outs)
             out.measures.update(valid_rate=float(valid.float().mean()), modes_per_input=float(distinct.float().mean()))
