@@ -34,7 +34,7 @@ def load(path: str | Path, device: str = "auto") -> Model:
     """A run dir (its newest checkpoint), a checkpoint file or exported weights (``bicycle export``).
     Non-finite weights are refused, naming the file (:class:`bicycle.errors.NonFiniteError`)."""
     ckpt, nets, dev = load_model(path, device)
-    return Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path)
+    return Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path, weights_only=ckpt.weights_only)
 
 
 def to_pil(t: Tensor) -> Image.Image:
@@ -47,8 +47,10 @@ class Model:
     """A trained BicycleGAN (or baseline) for inference. ``nets``: G (and E when the model has one)."""
 
     def __init__(self, nets: Nets, config: RunConfig, device: torch.device, step: int = 0,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, weights_only: bool = False) -> None:
         self.nets, self.config, self.device, self.step, self.path = nets, config, device, step, path
+        self.weights_only = weights_only  # exported weights (bicycle export): no run dir, so no posterior
+        self._posterior = None
         for _, m in nets.items():
             m.eval()
 
@@ -113,11 +115,28 @@ class Model:
             raise DataError(f"z must be [{self.nz}], [K, {self.nz}] or [{n_inputs}, K, {self.nz}], got {list(z.shape)}")
         return z
 
-    def random_z(self, n_inputs: int, n: int, seed: int | None = None) -> Tensor:
-        """[n_inputs, n, nz] standard normal codes on the CPU; the same seed gives the same codes, and
-        input i's codes do not depend on how many inputs follow it (those of ``bicycle sample``)."""
+    def random_z(self, n_inputs: int, n: int, seed: int | None = None, z_source: str = "prior",
+                 temperature: float = 1.0) -> Tensor:
+        """[n_inputs, n, nz] random codes on the CPU; the same seed gives the same codes, and input i's codes
+        do not depend on how many inputs follow it (those of ``bicycle sample``).
+
+        ``z_source``: ``"prior"``, standard normal (the paper's); ``"posterior"``, the Gaussian mixture fitted
+        to the encoder's means (``bicycle fit-posterior RUN``: RUN/posterior.safetensors next to the
+        checkpoint's run dir; an error when missing, stale or when this model is exported weights).
+        ``temperature`` t scales the codes' spread: N(0, t^2 I), or the mixture's covariances by t^2."""
+        from bicycle.posterior import check_z_source, draw_codes
+        check_z_source(z_source, temperature)
         seed = secrets.randbits(63) if seed is None else seed
-        return torch.randn(n_inputs, n, self.nz, generator=torch.Generator().manual_seed(seed))
+        mixture = self.posterior() if z_source == "posterior" else None
+        return draw_codes(mixture, n_inputs, n, self.nz, seed, temperature)
+
+    def posterior(self):
+        """The run's :class:`bicycle.posterior.GaussianMixture` (RUN/posterior.safetensors), checked against
+        this model's step; loaded once."""
+        if self._posterior is None:
+            from bicycle.posterior import posterior_for
+            self._posterior = posterior_for(self.path, self.step, self.nz, self.weights_only)
+        return self._posterior
 
     # -- the model ------------------------------------------------------------------------------------------
 
@@ -144,13 +163,14 @@ class Model:
 
     def translate(self, inputs: ImageLike | Sequence[ImageLike], n: int = 8, seed: int | None = None,
                   z: Tensor | None = None, reference: ImageLike | Sequence[ImageLike] | None = None,
-                  tensors: bool = False) -> list:
+                  tensors: bool = False, z_source: str = "prior", temperature: float = 1.0) -> list:
         """Outputs G(A, z) for each input A.
 
         Codes: ``n`` random codes per input (seeded by ``seed``; None draws a fresh seed); or ``z`` given
         ([nz], [K, nz] shared by every input, or [N, K, nz]); or ``reference``: one image-like or a list,
         encoded (:meth:`encode`) to one code each, the paper's "style from a reference". ``n`` counts only
-        for random codes.
+        for random codes, and so do ``z_source`` ("prior" or "posterior") and ``temperature`` (see
+        :meth:`random_z`).
 
         Returns, for one input, a list of its outputs (Pillow images, ``L`` or ``RGB``), for a list of
         inputs a list of such lists; ``tensors=True``: [K, C, S, S] or [N, K, C, S, S] in [-1, 1] instead.
@@ -165,7 +185,7 @@ class Model:
         else:
             if n < 1:
                 raise ConfigError(f"n must be at least 1, got {n}")
-            codes = self.random_z(len(a), n, seed)
+            codes = self.random_z(len(a), n, seed, z_source=z_source, temperature=temperature)
         out = self.generate(a, codes)
         if tensors:
             return out[0] if _single(inputs) else out

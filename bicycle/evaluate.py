@@ -52,14 +52,20 @@ FID_NOTE = "fid: not computed; give --inception-weights PATH (pytorch-fid Incept
 
 def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: int, device,
              lpips: Callable | None = None, fid_net: Callable | None = None,
-             weight_tags: dict[str, str] | None = None, variational: bool = True) -> dict:
+             weight_tags: dict[str, str] | None = None, variational: bool = True, z_source: str = "prior",
+             temperature: float = 1.0, posterior=None, posterior_file: str | None = None) -> dict:
     """Measures over the first ``n_inputs`` pairs of ``dataset`` with ``n_samples`` random z ([nz]) each.
     ``lpips`` (x, y -> [N]) adds ``diversity_lpips``; ``fid_net`` (images -> [N, D]) adds ``fid``;
     each is None (with a line in ``notes``) when not given. ``variational``: the model trains E as a
-    posterior (see ``ModelSpec``); otherwise E's variance is untrained and ``prior_coverage`` is None."""
+    posterior (see ``ModelSpec``); otherwise E's variance is untrained and ``prior_coverage`` is None.
+    ``z_source``: "prior" (N(0, I), the paper's) or "posterior" (codes drawn from ``posterior``, a
+    :class:`bicycle.posterior.GaussianMixture`); ``temperature`` scales the codes' spread."""
     m = min(n_inputs, len(dataset))
     a, b = dataset.get_batch(list(range(m)))
-    z = torch.randn(m, n_samples, nz, generator=torch.Generator().manual_seed(seed))
+    from bicycle.posterior import draw_codes
+    if (z_source == "posterior") != (posterior is not None):
+        raise ValueError("evaluate: give posterior exactly when z_source is 'posterior'")
+    z = draw_codes(posterior, m, n_samples, nz, seed, temperature)
     for _, net in nets.items():
         net.eval()
     outs, enc = _outputs(nets, a, b, z, device)
@@ -105,14 +111,25 @@ def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: 
         result.update(_valid_by_coverage(valid, coverage))
     result["protocol"] = {"version": PROTOCOL_VERSION, "inputs": m, "samples": n_samples, "seed": seed,
                           "pairing": "consecutive pairs of each input's samples (N-1 per input)",
-                          "z": "N(0, I), drawn on the CPU from torch.Generator(seed)",
+                          "z": _z_words(z_source, temperature, posterior, posterior_file),
+                          "z_source": z_source, "temperature": temperature,
                           "inputs_taken": f"the first {m} pairs of the evaluation split",
                           "lpips": LPIPS_VERSION if result["diversity_lpips"] is not None else None,
                           "fid": FID_VERSION if result["fid"] is not None else None}
     for key, tag in (weight_tags or {}).items():
         result["protocol"][f"{key}_weights"] = tag
     result["notes"] = notes
+    result["z_source"] = z_source
     return result
+
+
+def _z_words(z_source: str, temperature: float, posterior, posterior_file: str | None) -> str:
+    spread = "" if temperature == 1.0 else f", spread scaled by temperature {temperature:g}"
+    if z_source == "prior":
+        return f"N(0, I){spread}, drawn on the CPU from torch.Generator(seed)"
+    return (f"the aggregate posterior: a {posterior.k}-component full-covariance Gaussian mixture fitted to mu(E(B)) "
+            f"over the training split ({posterior_file or 'posterior.safetensors'}){spread}, drawn on the CPU from "
+            f"torch.Generator(seed), input by input")
 
 
 def _valid_by_coverage(valid: torch.Tensor, coverage: torch.Tensor | None) -> dict[str, float | None]:
@@ -128,7 +145,7 @@ def _valid_by_coverage(valid: torch.Tensor, coverage: torch.Tensor | None) -> di
 
 def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, seed: int, json_path: Path | None,
              device: str, echo: Callable[[str], None] = print, lpips_weights: str | Path | None = None,
-             inception_weights: str | Path | None = None) -> dict:
+             inception_weights: str | Path | None = None, z_source: str = "prior", temperature: float = 1.0) -> dict:
     from bicycle.perceptual import file_tag, load_inception, load_lpips
     lpips = load_lpips(lpips_weights) if lpips_weights is not None else None  # weight errors before the model
     fid_net = load_inception(inception_weights) if inception_weights is not None else None
@@ -138,6 +155,11 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     if fid_net is not None:
         tags["fid"] = file_tag(inception_weights)
     ckpt, nets, dev = load_model(checkpoint, device)
+    posterior, posterior_file = None, None
+    if z_source == "posterior":  # missing or stale: one error before any data is read
+        from bicycle.posterior import posterior_for, posterior_path, run_dir_of
+        posterior = posterior_for(ckpt.path, ckpt.step, ckpt.config.net.nz, ckpt.weights_only)
+        posterior_file = str(posterior_path(run_dir_of(ckpt.path)))
     lpips = lpips.to(dev) if lpips is not None else None
     fid_net = fid_net.to(dev) if fid_net is not None else None
     cfg = ckpt.config
@@ -147,7 +169,8 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     ds = build_eval_dataset(cfg, registry, "the evaluation", echo=echo, model_channels=True)
     check_channels(ds, cfg)
     result = evaluate(nets, ds, cfg.net.nz, n_inputs, n_samples, seed, dev, lpips=lpips, fid_net=fid_net,
-                      weight_tags=tags, variational=MODELS[cfg.train.model].variational)
+                      weight_tags=tags, variational=MODELS[cfg.train.model].variational, z_source=z_source,
+                      temperature=temperature, posterior=posterior, posterior_file=posterior_file)
     result.update(checkpoint=str(ckpt.path), step=ckpt.step, model=cfg.train.model, data=cfg.data.data)
     for key, value in result.items():
         if key not in ("protocol", "notes"):

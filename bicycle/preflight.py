@@ -105,12 +105,14 @@ def check_train(cfg: RunConfig, registry: Registry, run_dir: Path, *, resume: bo
 
 
 def check_inference(device: str, seed: int, out_dir: Path | None = None, json_path: Path | None = None,
-                    references: Sequence[Path] = ()) -> None:
-    """``bicycle sample`` / ``bicycle eval``: the device, the seed, the reference images and the output paths,
-    before loading anything."""
+                    references: Sequence[Path] = (), z_source: str = "prior", temperature: float = 1.0) -> None:
+    """``bicycle sample`` / ``bicycle eval``: the device, the seed, --z-source and --temperature, the reference
+    images and the output paths, before loading anything."""
     from bicycle.build import pick_device
     from bicycle.config import MAX_SEED
+    from bicycle.posterior import check_z_source
 
+    check_z_source(z_source, temperature)
     pick_device(device)
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"--seed must be within [0, {MAX_SEED}], got {seed}")
@@ -126,7 +128,8 @@ def check_inference(device: str, seed: int, out_dir: Path | None = None, json_pa
 
 
 def check_sample(input_path: Path | None, data: str | None, samples: int, n_inputs: int, interpolate: int,
-                 references: Sequence[Path], device: str, seed: int, out_dir: Path) -> None:
+                 references: Sequence[Path], device: str, seed: int, out_dir: Path, z_source: str = "prior",
+                 temperature: float = 1.0) -> None:
     """``bicycle sample``'s flags, then :func:`check_inference`."""
     if input_path is not None and data is not None:
         raise ConfigError("give at most one of --input IMAGE_OR_DIR or --data NAME|PATH")
@@ -138,7 +141,9 @@ def check_sample(input_path: Path | None, data: str | None, samples: int, n_inpu
         raise ConfigError(f"--interpolate walks between two --reference images; {len(references)} given")
     if interpolate and not references and samples < 2:
         raise ConfigError("--interpolate walks between the first two random codes: give --samples 2 or more")
-    check_inference(device, seed, out_dir=out_dir, references=references)
+    if references and z_source != "prior":
+        raise ConfigError("--z-source posterior draws random codes; --reference gives the codes instead: give one of them")
+    check_inference(device, seed, out_dir=out_dir, references=references, z_source=z_source, temperature=temperature)
 
 
 def check_export(out: Path | None, onnx_path: Path | None, device: str) -> None:
@@ -180,3 +185,6 @@ def check_parallel(world: World, cfg: RunConfig) -> None:
     if world.launched and cfg.net.norm == "batch":
         raise ConfigError("--norm batch under torchrun would need SyncBatchNorm, which bicycle does not use: train with "
                           "--norm instance (the paper's) or in one process")
+    if world.launched and cfg.loss.kl_free_bits > 0:
+        raise ConfigError("--kl-free-bits under torchrun is not supported yet: the per-dimension KL would have to be "
+                          "all-reduced before the floor")

@@ -28,7 +28,8 @@ from bicycle.train.graph import DEFAULT_WARMUP, GraphedStep
 from bicycle.train.prefetch import for_device as prefetcher_for
 from bicycle.train.progress import Progress, fmt_duration
 from bicycle.train.runlog import RunLog
-from bicycle.train.samples import ProgressGrids, final_report
+from bicycle.train.collapse import CollapseMonitor
+from bicycle.train.samples import HEALTH_AFTER, ProgressGrids, final_report
 from bicycle.train.schedule import kl_factor, lr_factor
 from bicycle.train.state import TrainState, build_state
 
@@ -147,7 +148,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: 
         data_notes.append(resume_data_warning(ckpt.metadata, data_files))
     for line in filter(None, data_notes):
         echo(line)
-    grids = ProgressGrids(val, cfg.net.nz, cfg.train.seed, sample_dir, cfg.train.steps)
+    collapse = (CollapseMonitor(val, cfg.net.nz, cfg.train.seed, cfg.train.steps, state.model.variational, HEALTH_AFTER)
+                if state.model.uses_encoder and main else None)
+    grids = ProgressGrids(val, cfg.net.nz, cfg.train.seed, sample_dir, cfg.train.steps, collapse)
 
     total = cfg.train.steps
     stream = BatchStream(dataset, cfg.train.batch_size, cfg.train.seed, start, shard=(world.rank, world.size))
@@ -235,10 +238,17 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: 
         log.close()
         raise TrainingDiverged(message)
     summary: dict = {"step": step, "seconds": round(time.perf_counter() - t_start, 1),
-                     "z_sensitivity": grids.history, "ignoring_z_warning": grids.warned}
+                     "z_sensitivity": grids.history, "ignoring_z_warning": grids.warned,
+                     "posterior_collapse": collapse.history if collapse else None,
+                     "posterior_collapse_warning": collapse.warned if collapse else None}
     if not interrupted and main:
         with writing(run_dir):
             summary.update(final_report(cfg, state.nets, val, sample_dir, device, echo))
+            from bicycle.posterior import fit_after_training
+            fitted = fit_after_training(state.nets.E, dataset, device, run_dir, ckpt_dir / checkpoint_name(step), step,
+                                        cfg.train.seed, echo)
+            if fitted is not None:
+                summary["posterior"] = {k: fitted[k] for k in ("path", "components", "points", "log_likelihood")}
             atomic_write_bytes(run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     elif interrupted:
         echo(f"interrupted at step {step}; resume with: bicycle train --resume {run_dir}")

@@ -1,0 +1,209 @@
+"""Sampling z from the aggregate posterior: the EM fit, its file, fit-posterior, --z-source in sample/eval/API."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import bicycle
+from bicycle.cli import main
+from bicycle.errors import CheckpointError, ConfigError
+from bicycle.posterior import (FORMAT, GaussianMixture, fit_gmm, fit_gmm_report, load_posterior, posterior_path,
+                               read_posterior, save_posterior)
+
+TINY = ["--image-size", "32", "--ngf", "8", "--nef", "8", "--ndf", "8", "--batch-size", "4", "--steps", "4",
+        "--log-every", "2", "--sample-every", "4", "--checkpoint-every", "4", "--impl", "ref"]
+
+
+def invoke(*args: str, catch: bool = False):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=catch)
+
+
+def known_mixture(n: int = 3000, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    mu = torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 4.0]], dtype=torch.float64)
+    a = torch.tensor([[[1.0, 0.0], [0.3, 0.5]], [[0.7, 0.0], [0.0, 0.7]], [[0.5, 0.0], [-0.2, 1.0]]], dtype=torch.float64)
+    comp = torch.multinomial(w, n, replacement=True, generator=g)
+    x = mu[comp] + torch.einsum("nij,nj->ni", a[comp], torch.randn(n, 2, generator=g, dtype=torch.float64))
+    return x, w, mu
+
+
+def _matched(mix: GaussianMixture, mu: torch.Tensor) -> torch.Tensor:
+    """Index of the fitted component nearest each true mean."""
+    return torch.cdist(mu, mix.means).argmin(1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_em_recovers_a_known_three_component_mixture(seed):
+    x, w, mu = known_mixture()
+    mix = fit_gmm(x, k=3, seed=seed, iters=100, tol=1e-6)
+    order = _matched(mix, mu)
+    assert sorted(order.tolist()) == [0, 1, 2]
+    torch.testing.assert_close(mix.weights[order], w, atol=0.03, rtol=0)
+    torch.testing.assert_close(mix.means[order], mu, atol=0.1, rtol=0)
+    assert mix.covariances.shape == (3, 2, 2)
+    torch.testing.assert_close(mix.covariances[order[1]], torch.eye(2, dtype=torch.float64) * 0.49, atol=0.08, rtol=0)
+    # sampling at temperature 1 reproduces the data's spread; temperature t scales offsets by t
+    z = mix.sample(20000, torch.Generator().manual_seed(0))
+    assert z.shape == (20000, 2) and z.dtype == torch.float32
+    assert float(mix.log_prob(z.double()).mean()) == pytest.approx(float(mix.log_prob(x).mean()), abs=0.1)
+    cold = mix.sample(20000, torch.Generator().manual_seed(0), temperature=0.5)
+    k = order[1]
+    near = (z.double() - mix.means[k]).norm(dim=1) < 2.0
+    torch.testing.assert_close((cold.double() - mix.means[k])[near].std(0), (z.double() - mix.means[k])[near].std(0) * 0.5,
+                               atol=0.02, rtol=0)
+
+
+def test_fit_is_deterministic_for_a_seed_and_caps_points_and_components():
+    x, _, _ = known_mixture()
+    a, b = fit_gmm(x, 3, seed=7), fit_gmm(x, 3, seed=7)
+    for name in ("weights", "means", "covariances"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    za = a.sample(16, torch.Generator().manual_seed(3))
+    assert torch.equal(za, b.sample(16, torch.Generator().manual_seed(3)))
+    assert not torch.equal(za, a.sample(16, torch.Generator().manual_seed(4)))
+    r = fit_gmm_report(x, 10, seed=0, iters=5, max_points=500)
+    assert r.points == 500 and r.iterations <= 5 and r.mixture.k == 10
+    assert fit_gmm(x[:20], 10, seed=0).k == 5  # 20 points, nz 2: at most 20 // (2 * 2) components
+    assert fit_gmm(x[:1], 10, seed=0).k == 1
+    with pytest.raises(ConfigError):
+        fit_gmm(torch.full((10, 2), float("nan")), 2)
+
+
+def test_the_file_round_trips_and_a_stale_one_is_refused(tmp_path):
+    x, _, _ = known_mixture(600)
+    mix = fit_gmm(x, 3, seed=0)
+    path = save_posterior(posterior_path(tmp_path), mix, "step_00000004.safetensors", 4, 600, 0, -3.2)
+    loaded, meta = read_posterior(path)
+    assert meta["format"] == FORMAT and meta["step"] == "4" and meta["components"] == "3" and meta["points"] == "600"
+    assert meta["checkpoint"] == "step_00000004.safetensors" and meta["seed"] == "0"
+    for name in ("weights", "means", "covariances"):
+        assert torch.equal(getattr(loaded, name), getattr(mix, name))
+    assert torch.equal(load_posterior(tmp_path, 4, 2).means, mix.means)
+    with pytest.raises(CheckpointError, match=r"fitted for step 4 .*step 8.*bicycle fit-posterior"):
+        load_posterior(tmp_path, 8, 2)
+    with pytest.raises(CheckpointError, match="nz is 8"):
+        load_posterior(tmp_path, 4, 8)
+    with pytest.raises(CheckpointError, match="bicycle fit-posterior"):
+        load_posterior(tmp_path / "elsewhere", 4, 2)
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no temporary left
+
+
+# -- a tiny trained run --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    from bicycle import plugins
+    plugins.set_plugins(None)
+    run = tmp_path_factory.mktemp("posterior") / "run"
+    result = invoke("train", *TINY, "--run-dir", run)
+    assert result.exit_code == 0, result.output
+    assert "posterior: " in result.output and (run / "posterior.safetensors").is_file()  # fitted at the end of training
+    assert json.loads((run / "summary.json").read_text())["posterior"]["points"] > 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def fitted(run: Path) -> Path:
+    result = invoke("fit-posterior", run, "--components", "4", "--seed", "1", "--points", "200", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "4 components" in lines[0] and "200 encoded" in lines[0] and " s;" in lines[0]
+    _, meta = read_posterior(run / "posterior.safetensors")
+    assert meta["step"] == "4" and meta["checkpoint"] == "step_00000004.safetensors" and meta["seed"] == "1"
+    return run
+
+
+def test_fit_posterior_cli_writes_the_file_for_the_newest_checkpoint(fitted):
+    mix, meta = read_posterior(fitted / "posterior.safetensors")
+    assert mix.k == 4 and mix.nz == 8 and meta["points"] == "200"
+
+
+def test_sample_with_the_posterior_says_so_and_is_seeded(fitted, tmp_path):
+    outs = []
+    for i in range(2):
+        r = invoke("sample", "--checkpoint", fitted, "--out", tmp_path / f"o{i}", "--samples", "3", "--inputs", "2",
+                   "--z-source", "posterior", "--temperature", "0.8", "--seed", "5", "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        assert "z-source posterior" in r.output and "temperature 0.8" in r.output
+        outs.append((tmp_path / f"o{i}" / "grid.png").read_bytes())
+    assert outs[0] == outs[1]
+    r = invoke("sample", "--checkpoint", fitted, "--out", tmp_path / "p", "--samples", "2", "--inputs", "1", "--device", "cpu")
+    assert r.exit_code == 0 and "z-source prior" in r.output
+
+
+def test_eval_json_names_the_z_source(fitted, tmp_path):
+    out = tmp_path / "e.json"
+    r = invoke("eval", "--checkpoint", fitted, "--inputs", "3", "--samples", "2", "--z-source", "posterior",
+               "--temperature", "0.5", "--json", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["z_source"] == "posterior"
+    assert doc["protocol"]["z_source"] == "posterior" and doc["protocol"]["temperature"] == 0.5
+    assert "Gaussian mixture" in doc["protocol"]["z"]
+    out2 = tmp_path / "prior.json"
+    assert invoke("eval", "--checkpoint", fitted, "--inputs", "2", "--samples", "2", "--json", out2,
+                  "--device", "cpu").exit_code == 0
+    assert json.loads(out2.read_text())["z_source"] == "prior"
+
+
+def test_a_missing_posterior_is_one_line_naming_fit_posterior(run, tmp_path):
+    import shutil
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "checkpoints", bare / "checkpoints")
+    for args in (["sample", "--checkpoint", bare, "--out", tmp_path / "o", "--samples", "2", "--inputs", "1"],
+                 ["eval", "--checkpoint", bare, "--inputs", "2", "--samples", "2"]):
+        r = invoke(*args, "--z-source", "posterior", "--device", "cpu", catch=True)
+        assert r.exit_code != 0 and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
+        lines = r.output.strip().splitlines()
+        assert len(lines) in (1, 2) and f"bicycle fit-posterior {bare}" in lines[-1], r.output  # sample echoes the checkpoint first
+        assert "Traceback" not in r.output
+    r = invoke("sample", "--checkpoint", bare, "--out", tmp_path / "o", "--z-source", "posterior", "--temperature", "0",
+               catch=True)
+    assert r.exit_code == 2 and "--temperature" in r.output
+
+
+def test_a_stale_posterior_names_both_steps(run, tmp_path):
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(run / "checkpoints", other / "checkpoints")
+    x, _, _ = known_mixture(400)
+    mix = fit_gmm(torch.cat([x] * 4, 1), 2, seed=0)  # nz 8
+    save_posterior(posterior_path(other), mix, "step_00000002.safetensors", 2, 400, 0)
+    r = invoke("eval", "--checkpoint", other, "--inputs", "2", "--samples", "2", "--z-source", "posterior",
+               "--device", "cpu", catch=True)
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "step 2" in r.output and "step 4" in r.output and f"bicycle fit-posterior {other}" in r.output
+
+
+def test_translate_from_the_posterior_is_seeded_and_exported_weights_refuse_it(fitted, tmp_path):
+    model = bicycle.load(fitted, device="cpu")
+    x = torch.zeros(1, 32, 32) - 1
+    x[:, 8:24, 8:24] = 1
+    a = model.translate(x, n=4, seed=3, z_source="posterior", tensors=True)
+    assert torch.equal(a, model.translate(x, n=4, seed=3, z_source="posterior", tensors=True))
+    assert not torch.equal(a, model.translate(x, n=4, seed=3, tensors=True))
+    z = model.random_z(3, 4, seed=9, z_source="posterior", temperature=0.7)
+    assert z.shape == (3, 4, 8) and torch.equal(z[:1], model.random_z(1, 4, seed=9, z_source="posterior", temperature=0.7))
+    assert torch.equal(model.random_z(2, 3, seed=1), torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ConfigError):
+        model.random_z(1, 1, seed=0, z_source="prio")
+    weights = tmp_path / "w.safetensors"
+    assert invoke("export", fitted, "--out", weights).exit_code == 0
+    exported = bicycle.load(weights, device="cpu")
+    with pytest.raises(CheckpointError, match="w.safetensors"):
+        exported.translate(x, n=2, seed=0, z_source="posterior")
+
+
+def test_pix2pix_has_no_posterior_to_fit(tmp_path):
+    run = tmp_path / "p2p"
+    assert invoke("train", *TINY, "--model", "pix2pix", "--steps", "2", "--run-dir", run).exit_code == 0
+    assert not (run / "posterior.safetensors").exists()
+    r = invoke("fit-posterior", run, "--device", "cpu", catch=True)
+    assert r.exit_code != 0 and "no encoder" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
