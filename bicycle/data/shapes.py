@@ -53,6 +53,25 @@ def mode_distribution(modes: int) -> np.ndarray:
     return p
 
 
+def draw_geometry(rng: np.random.Generator) -> dict[str, float | str]:
+    """One random shape (kind, centre, radii, angle; in units of the image side) from ``rng``, the draws
+    in a fixed order. ``ShapesDataset`` and the variants in :mod:`bicycle.data.shape_variants` use it."""
+    kind = KINDS[int(rng.integers(len(KINDS)))]
+    angle = float(rng.uniform(0, math.pi))
+    if kind == "rectangle":
+        rx, ry = rng.uniform(0.17, 0.3, size=2)
+        reach = math.hypot(rx, ry)
+    elif kind == "ellipse":
+        rx, ry = rng.uniform(0.2, 0.38, size=2)
+        reach = max(rx, ry)
+    else:
+        rx = ry = float(rng.uniform(0.28, 0.42))
+        reach = rx
+    slack = max(0.0, 0.46 - reach)
+    cx, cy = 0.5 + rng.uniform(-slack, slack, size=2)
+    return {"kind": kind, "cx": float(cx), "cy": float(cy), "rx": float(rx), "ry": float(ry), "angle": angle}
+
+
 def _erode(mask: Tensor, r: int) -> Tensor:
     return -F.max_pool2d(-mask.float(), 2 * r + 1, 1, r) > 0
 
@@ -99,21 +118,9 @@ class ShapesDataset:
     # -- generation ---------------------------------------------------------------------------
     def params(self, index: int) -> dict[str, float | int | str]:
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], index])
-        kind = KINDS[int(rng.integers(len(KINDS)))]
-        angle = float(rng.uniform(0, math.pi))
-        if kind == "rectangle":
-            rx, ry = rng.uniform(0.17, 0.3, size=2)
-            reach = math.hypot(rx, ry)
-        elif kind == "ellipse":
-            rx, ry = rng.uniform(0.2, 0.38, size=2)
-            reach = max(rx, ry)
-        else:
-            rx = ry = float(rng.uniform(0.28, 0.42))
-            reach = rx
-        slack = max(0.0, 0.46 - reach)
-        cx, cy = 0.5 + rng.uniform(-slack, slack, size=2)
+        geometry = draw_geometry(rng)
         mode = int(rng.choice(self.num_modes, p=self._p))
-        return {"kind": kind, "cx": float(cx), "cy": float(cy), "rx": float(rx), "ry": float(ry), "angle": angle, "mode": mode}
+        return {**geometry, "mode": mode}
 
     def true_mode(self, index: int) -> int:
         return int(self.params(index)["mode"])
