@@ -10,11 +10,18 @@ LPIPS (``bicycle-lpips/1``), the arithmetic of lpips 0.1 with ``net='alex'``:
 FID (``bicycle-fid/1``): features -> Gaussian fit (mean, unbiased covariance) of each set ->
   ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64. The Inception network follows the
   layout of pytorch-fid's ``pt_inception-2015-12-05`` (FIDInceptionA/C/E blocks, pool3 features,
-  2048-d, bilinear resize to 299x299).
+  2048-d; like pytorch-fid, the image is resized bilinearly to 299x299 in [0, 1], then scaled to [-1, 1]).
 
-Numerical parity with the published packages (lpips 0.1, pytorch-fid) is NOT verified: neither
-the packages nor their weights are available here. What is tested is the arithmetic against
-independent straightforward computations with tiny random networks, and the key layout/shapes.
+Numerical parity with the published packages was verified on the CPU with lpips 0.1.4 and pytorch-fid
+0.3.0 (torch 2.14.1, torchvision 0.29.1) by ``benchmarks/perceptual_parity.py``, result in
+``benchmarks/results/perceptual_parity_20261201.json``: both sides given the same weights (lpips' shipped
+``alex.pth`` linear layers over a seeded random AlexNet; a seeded random Inception state dict with
+pytorch-fid's key set), exported to safetensors and read by ``load_lpips``/``load_inception``. LPIPS
+features and distances (64/128 px, RGB and gray) and pool3 features (299/128/64 px) agree to 1e-5
+absolute, FID (64 vs 64 images) and the Fréchet distance on the same statistics to 1e-5 relative.
+The real ImageNet AlexNet and ``pt_inception`` weights were not used (nothing is downloaded): their
+values, and the FID scale they give, are not checked. ``tests/test_perceptual.py`` tests the arithmetic
+against independent straightforward computations with tiny random networks, and the key layout/shapes.
 """
 from __future__ import annotations
 
@@ -29,9 +36,10 @@ from torch import Tensor, nn
 
 from bicycle.errors import CheckpointError
 
-LPIPS_VERSION = "bicycle-lpips/1 (AlexNet taps relu1..relu5, lin layers; lpips 0.1 arithmetic, parity unverified)"
+LPIPS_VERSION = ("bicycle-lpips/1 (AlexNet taps relu1..relu5, lin layers; lpips 0.1 arithmetic, "
+                 "parity with lpips 0.1.4 verified with random trunk weights)")
 FID_VERSION = ("bicycle-fid/1 (pytorch-fid Inception-v3 layout, pool3 2048-d, bilinear resize to 299; "
-               "random-z outputs vs ground-truth B; parity with pytorch-fid unverified)")
+               "random-z outputs vs ground-truth B; parity with pytorch-fid 0.3.0 verified with random weights)")
 
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
@@ -153,17 +161,30 @@ class LPIPS(nn.Module):
 
 
 def _lpips_key(k: str) -> str:
-    """Accept lpips' own state-dict names too: ``net.sliceS.I.weight`` -> ``features.I.weight``."""
+    """Accept lpips' own state-dict names too: ``net.sliceS.I.weight`` -> ``features.I.weight``, and
+    ``lins.N.model.1.weight`` (the ModuleList alias of ``linN`` in ``lpips.LPIPS().state_dict()``) -> ``linN...``."""
     if k.startswith("net.slice"):
         return "features." + k.split(".", 3)[2] + "." + k.split(".", 3)[3]
+    parts = k.split(".", 2)
+    if parts[0] == "lins" and len(parts) == 3:
+        return f"lin{parts[1]}.{parts[2]}"
     return k
 
 
 def load_lpips(path: str | Path, flag: str = "--lpips-weights") -> LPIPS:
     """An AlexNet LPIPS from one safetensors file: torchvision AlexNet keys ``features.{0,3,6,8,10}.{weight,bias}``
-    (or lpips' ``net.sliceS.I.*``) plus ``lin{0..4}.model.1.weight`` [1, C, 1, 1]."""
+    (or lpips' ``net.sliceS.I.*``) plus ``lin{0..4}.model.1.weight`` [1, C, 1, 1] (lpips' ``lins.{0..4}.*``
+    aliases of them, as in ``lpips.LPIPS().state_dict()``, are accepted when equal)."""
     raw = _read_safetensors(path, "LPIPS", flag)
-    got = {_lpips_key(k): v for k, v in raw.items() if not k.startswith("scaling_layer.")}
+    got: dict[str, Tensor] = {}
+    for k, v in raw.items():
+        if k.startswith("scaling_layer."):
+            continue
+        name = _lpips_key(k)
+        if name in got and not torch.equal(got[name], v):
+            raise CheckpointError(f"{flag}: {path}: {k} differs from the other tensor named {name} "
+                                  f"(lpips' lins.N and linN must be the same weights)")
+        got[name] = v
     net = AlexNetFeatures()
     expected = {f"features.{k}": v.shape for k, v in net.features.state_dict().items()}
     for i, c in enumerate(ALEX_CHANNELS):
@@ -347,7 +368,11 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7c = _FIDInceptionE(2048, max_pool=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.interpolate(to_rgb(x).float(), size=(299, 299), mode="bilinear", align_corners=False)
+        # pytorch-fid's order of operations: resize the image in [0, 1], then scale to [-1, 1]. Resizing in
+        # [-1, 1] is the same arithmetic but rounds differently (up to 2.7e-7 at the input), which the seeded
+        # random Inception of benchmarks/perceptual_parity.py amplified to 9e-5 in pool3 features.
+        x = F.interpolate((to_rgb(x).float() + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))

@@ -105,6 +105,8 @@ def compare_runs(ref: Path, got: Path) -> Comparison:
     for s, d in ((sa, ref), (sb, got)):  # the wall time differs, the grid lies in each run's own dir
         s.pop("seconds", None)
         s["final_grid"] = os.path.relpath(s.get("final_grid", ""), d)
+        if isinstance(s.get("posterior"), dict):
+            s["posterior"]["path"] = os.path.relpath(s["posterior"]["path"], d)
     if sa != sb:
         c.other.append(f"summary.json differs: {sa} vs {sb}")
     return c

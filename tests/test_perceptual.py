@@ -1,6 +1,7 @@
 """LPIPS and FID arithmetic against independent straightforward computations, with tiny generated networks
 saved to safetensors; weight-file checks; ``bicycle eval --lpips-weights/--inception-weights``.
-Parity with the published lpips 0.1 / pytorch-fid packages and weights is not tested (not available here)."""
+Parity with the published lpips 0.1 / pytorch-fid packages is not tested here (they are not dependencies): see
+benchmarks/perceptual_parity.py and benchmarks/results/perceptual_parity_20261201.json."""
 from __future__ import annotations
 
 import json
@@ -140,6 +141,24 @@ def test_alexnet_lpips_loads_from_either_key_layout(tmp_path):
     assert [f.shape[1] for f in net(x)] == list(ALEX_CHANNELS)
     with pytest.raises(ValueError, match="at least 31x31"):
         a(x[..., :16, :16], y[..., :16, :16])
+
+
+def test_lpips_full_state_dict_with_lins_aliases_loads(tmp_path):
+    """lpips.LPIPS().state_dict() also holds ``lins.N.model.1.weight`` (its ModuleList) beside ``linN``."""
+    net, lin = alex_file(tmp_path / "lp.safetensors", layout="lpips")
+    t = load_file(str(tmp_path / "lp.safetensors"))
+    full = {**t, **{f"lins.{i}.model.1.weight": t[f"lin{i}.model.1.weight"].clone() for i in range(5)}}
+    save_file(full, str(tmp_path / "full.safetensors"))
+    only_lins = {k: v for k, v in full.items() if not k.startswith("lin") or k.startswith("lins.")}
+    save_file(only_lins, str(tmp_path / "lins.safetensors"))
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    direct = LPIPS(net, lin)(x, y)
+    assert torch.equal(load_lpips(tmp_path / "full.safetensors")(x, y), direct)
+    assert torch.equal(load_lpips(tmp_path / "lins.safetensors")(x, y), direct)
+    full["lins.2.model.1.weight"] = full["lins.2.model.1.weight"] + 1
+    save_file(full, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(CheckpointError, match="differs from the other tensor named lin2.model.1.weight"):
+        load_lpips(tmp_path / "bad.safetensors")
 
 
 @pytest.mark.parametrize("kwargs,message", [
