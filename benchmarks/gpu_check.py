@@ -76,6 +76,13 @@ def _ignore_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _default_signals() -> None:
+    """In a child before exec: SIGINT and SIGTERM act again. A shell's background job (``cmd &``) starts with
+    SIGINT ignored, and ignored signals are inherited: pytest would then never see the stop signal."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _on_signal(signum: int, _frame: object) -> None:
     _ignore_signals()  # the final write must not be interrupted again
     raise Stopped(signal.Signals(signum).name)
@@ -211,7 +218,7 @@ def run_cmd(argv: list[str], log: Path, deadline: float, env: dict[str, str], st
     try:
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_default_signals)
     except OSError as exc:
         return Cmd(argv, None, 0.0, False, log, f"cannot start {argv[0]}: {exc}")
     timed_out = False
