@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from bicycle.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, BicycleError, ConfigError
+from bicycle.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError
+from bicycle.reporting import run_reporting
 
 PRESET_NOTES = {
     "demo": "small and fast: 32 px shapes, calibrated to finish within 10 minutes on an idle 2-core CPU",
@@ -17,18 +18,7 @@ PRESET_NOTES = {
 }
 
 
-def _run(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except KeyboardInterrupt:
-        click.echo("interrupted (Ctrl-C): stopped at once; checkpoints already written are kept", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except BicycleError as exc:
-        err = click.ClickException(str(exc))
-        err.exit_code = exc.exit_code
-        raise err from exc
+_run = run_reporting
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

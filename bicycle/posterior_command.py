@@ -20,7 +20,7 @@ def fit_posterior(run: Path, components: int, seed: int, device: str, points: in
     """Fit a Gaussian mixture to the encoder's means mu(E(B)) over RUN's training split (RUN: a run dir,
     its newest checkpoint; or one of its checkpoint files) and write RUN/posterior.safetensors, what
     `bicycle sample/eval --z-source posterior` draws z from."""
-    from bicycle.cli import _run
+    from bicycle.reporting import run_reporting as _run
     from bicycle.posterior import fit_posterior as fit
 
     _run(fit, run, components=components, seed=seed, device=device, max_points=points, echo=click.echo)

@@ -18,7 +18,7 @@ MIB = 2**20
               help="G(A, z) as ONNX (dynamic batch), E beside it as <name>.encoder.onnx; checked with onnxruntime")
 def export(run: Path, out: Path | None, dtype: str, onnx_path: Path | None) -> None:
     """Export a trained model (RUN: a run dir, a checkpoint or exported weights) for inference."""
-    from bicycle.cli import _run
+    from bicycle.reporting import run_reporting as _run
     from bicycle.preflight import check_export
 
     _run(check_export, out, onnx_path, "cpu")

@@ -36,7 +36,7 @@ def convert_original(g_path: Path, e_path: Path | None, out: Path, **flags) -> N
     """Convert the original BicycleGAN's released G (and E) state dicts (github.com/junyanz/BicycleGAN) into
     a bicycle run dir for `bicycle sample`, `eval` and `export`. The tensors determine the architecture; the
     original's flags, where given, must agree with them."""
-    from bicycle.cli import _run
+    from bicycle.reporting import run_reporting as _run
     from bicycle.original.convert import OriginalFlags, convert
 
     result = _run(convert, g_path, e_path, out, OriginalFlags(**flags), echo=click.echo)

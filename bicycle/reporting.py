@@ -1,0 +1,28 @@
+"""How every command reports bicycle's errors: one line and the error class's exit code (usage errors exit 2)."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import click
+
+from bicycle.errors import EXIT_INTERRUPTED, BicycleError, ConfigError
+
+T = TypeVar("T")
+
+
+def run_reporting(fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)``; a ConfigError becomes a usage error, any other BicycleError one line with its
+    exit code, Ctrl-C a line and exit 130."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo("interrupted (Ctrl-C): stopped at once; checkpoints already written are kept", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except BicycleError as exc:
+        err = click.ClickException(str(exc))
+        err.exit_code = exc.exit_code
+        raise err from exc
