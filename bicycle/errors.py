@@ -7,9 +7,11 @@ EXIT_TERMINATED = 143
 
 
 class BicycleError(Exception):
-    """Base class for errors bicycle reports to the user as one clear line."""
+    """Base class for errors bicycle reports to the user as one clear line. ``reported``: the line was already
+    printed (a verdict every torchrun rank reached, printed by rank 0 alone): the CLI only exits with the code."""
 
     exit_code = 1
+    reported = False
 
 
 class ConfigError(BicycleError, ValueError):

@@ -41,7 +41,8 @@ def launch(nproc: int, argv: Sequence[str], run_dir: Path | None, preset: str, d
     try:
         run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "bicycle", "train", *args]))
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
+        # torchrun stops the other ranks when one exits: a rank's own exit code beats a signal it was sent
+        rank, failure = min(exc.failures.items(), key=lambda kv: (not 0 < kv[1].exitcode < 256, kv[0]))
         err = BicycleError(f"bicycle train --nproc {nproc}: rank {rank} exited with code {failure.exitcode} "
                            f"(its message is above)")
         err.exit_code = failure.exitcode if 0 < failure.exitcode < 256 else 1

@@ -23,6 +23,15 @@ def run_reporting(fn: Callable[..., T], *args, **kwargs) -> T:
         click.echo("interrupted (Ctrl-C): stopped at once; checkpoints already written are kept", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except BicycleError as exc:
+        if exc.reported:
+            sys.exit(exc.exit_code)
         err = click.ClickException(str(exc))
         err.exit_code = exc.exit_code
         raise err from exc
+
+
+def announce(exc: BicycleError) -> None:
+    """Print ``exc`` now, as the CLI would, and mark it reported (rank 0's verdict, printed before any rank exits)."""
+    click.echo(f"Error: {exc}", err=True)
+    sys.stderr.flush()
+    exc.reported = True

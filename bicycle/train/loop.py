@@ -79,6 +79,14 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     group = Group(world, device_for(world, cfg.train.device), capture=cfg.train.cuda_graphs is True)
     try:
         return _train(cfg, run_dir, resume, plugins or get_plugins(), echo if world.main else _quiet, group)
+    except TrainingDiverged as exc:  # every rank decided it at the same step: one verdict, printed by rank 0
+        if world.main:
+            from bicycle.reporting import announce
+            announce(exc)
+        exc.reported = True
+        with contextlib.suppress(RuntimeError):
+            group.barrier()  # nobody exits (and makes torchrun stop the others) before rank 0 has printed
+        raise
     except RuntimeError as exc:  # a collective failed: a peer died or timed out (torchrun restarts or ends the job)
         last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise PeerLost(f"rank {world.rank}: lost the other ranks ({last[:300]})") from exc
