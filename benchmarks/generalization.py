@@ -41,6 +41,7 @@ def _bicycle(args: list[str], threads: int, log: Path) -> None:
 def run_one(run: Path, data: str, size: int, seed: int, flags: list[str], threads: int, inputs: int,
             samples: int) -> dict:
     log = run.parent / f"{run.name}.log"
+    run.parent.mkdir(parents=True, exist_ok=True)
     if not (run / "summary.json").exists():
         if run.exists():
             import shutil

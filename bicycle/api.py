@@ -33,8 +33,13 @@ BATCH = 32  # (input, code) pairs per generator call
 def load(path: str | Path, device: str = "auto") -> Model:
     """A run dir (its newest checkpoint), a checkpoint file or exported weights (``bicycle export``).
     Non-finite weights are refused, naming the file (:class:`bicycle.errors.NonFiniteError`)."""
+    from bicycle.posterior import embedded_posterior
+
     ckpt, nets, dev = load_model(path, device)
-    return Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path, weights_only=ckpt.weights_only)
+    model = Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path, weights_only=ckpt.weights_only)
+    if ckpt.weights_only:
+        model._posterior = embedded_posterior(ckpt.tensors, ckpt.path)
+    return model
 
 
 def to_pil(t: Tensor) -> Image.Image:
@@ -49,7 +54,7 @@ class Model:
     def __init__(self, nets: Nets, config: RunConfig, device: torch.device, step: int = 0,
                  path: Path | None = None, weights_only: bool = False) -> None:
         self.nets, self.config, self.device, self.step, self.path = nets, config, device, step, path
-        self.weights_only = weights_only  # exported weights (bicycle export): no run dir, so no posterior
+        self.weights_only = weights_only  # exported weights (bicycle export): the posterior, if any, is inside
         self._posterior = None
         for _, m in nets.items():
             m.eval()

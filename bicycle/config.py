@@ -195,14 +195,29 @@ PRESETS: dict[str, RunConfig] = {
 PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128", "net.d_layers": 2}}
 
 
+def demo_steps(image_size: int) -> int:
+    """The demo preset's length at ``image_size`` px: 5000 steps at 32 px and 5x fewer per 4x the size
+    (``5000 * (32 / S) ** log4(5)``, rounded to 10: 2240 at 64 px, 1000 at 128, 450 at 256), so that a run on a
+    user's images ends by itself; a 128-px step costs 5.6x a 32-px one on a 2-core CPU (benchmarks/README.md)."""
+    if image_size <= 32:
+        return 5000
+    return max(10, int(round(5000 * (32 / image_size) ** math.log(5, 4) / 10)) * 10)
+
+
 def preset_config(name: str, overrides: dict[str, Any]) -> RunConfig:
     """A preset with ``overrides``; the ``paper`` preset at 128 px takes the original's 128-px recipe
-    (:data:`PAPER_SIZE_RECIPES`) for every key the overrides leave out."""
+    (:data:`PAPER_SIZE_RECIPES`) for every key the overrides leave out; the ``demo`` preset's length follows
+    the image size (:func:`demo_steps`) unless ``train.steps`` is given, with a sample grid and a checkpoint
+    every tenth of the run."""
     cfg = replace(PRESETS[name], overrides)
+    extra: dict[str, Any] = {}
     if name == "paper":
-        extra = {k: v for k, v in PAPER_SIZE_RECIPES.get(cfg.net.image_size, {}).items() if k not in overrides}
-        cfg = replace(cfg, extra)
-    return cfg
+        extra = dict(PAPER_SIZE_RECIPES.get(cfg.net.image_size, {}))
+    elif name == "demo" and cfg.net.image_size > 32 and overrides.get("train.steps") is None:
+        steps = demo_steps(cfg.net.image_size)
+        extra = {"train.steps": steps, "train.sample_every": max(1, steps // 10),
+                 "train.checkpoint_every": max(1, steps // 10)}
+    return replace(cfg, {k: v for k, v in extra.items() if overrides.get(k) is None})
 
 
 def replace(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:

@@ -157,9 +157,10 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     ckpt, nets, dev = load_model(checkpoint, device)
     posterior, posterior_file = None, None
     if z_source == "posterior":  # missing or stale: one error before any data is read
-        from bicycle.posterior import posterior_for, posterior_path, run_dir_of
-        posterior = posterior_for(ckpt.path, ckpt.step, ckpt.config.net.nz, ckpt.weights_only)
-        posterior_file = str(posterior_path(run_dir_of(ckpt.path)))
+        from bicycle.posterior import embedded_posterior, posterior_for, posterior_path, run_dir_of
+        embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only else None
+        posterior = posterior_for(ckpt.path, ckpt.step, ckpt.config.net.nz, ckpt.weights_only, embedded)
+        posterior_file = str(ckpt.path if embedded is not None else posterior_path(run_dir_of(ckpt.path)))
     lpips = lpips.to(dev) if lpips is not None else None
     fid_net = fid_net.to(dev) if fid_net is not None else None
     cfg = ckpt.config

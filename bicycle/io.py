@@ -168,11 +168,13 @@ def save_checkpoint(path: Path, config: RunConfig, nets: Nets, step: int,
 
 
 def save_weights(path: Path, config: RunConfig, nets: Nets, step: int, dtype: torch.dtype = torch.float32,
-                 source: str = "") -> Path:
+                 source: str = "", extra: dict[str, Tensor] | None = None) -> Path:
     """Write G's and E's weights (cast to ``dtype``) with the config, atomically: what ``bicycle.load`` and
-    ``bicycle sample`` need, nothing for training. Values that ``dtype`` cannot hold are refused."""
+    ``bicycle sample`` need, nothing for training. Values that ``dtype`` cannot hold are refused. ``extra``:
+    tensors stored as they are (the run's aggregate posterior, ``posterior.*``)."""
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in _state_tensors(nets).items()
                if k.split(".", 1)[0] in ("G", "E")}
+    tensors.update(extra or {})
     bad = nonfinite_tensors(tensors)
     if bad:
         raise NonFiniteError(f"refusing to write {path}: {_names(bad)} do not fit in {str(dtype).removeprefix('torch.')} "
@@ -242,7 +244,7 @@ def load_networks(ckpt: Checkpoint, nets: Nets) -> None:
     expected = _state_tensors(nets)
     built = {name for name, _ in nets.items()}
     stored = {k: v for k, v in ckpt.tensors.items()
-              if not k.startswith(("opt.", "rng.")) and not (k.split(".", 1)[0] in NETWORKS and k.split(".", 1)[0] not in built)}
+              if not k.startswith(("opt.", "rng.", "posterior.")) and not (k.split(".", 1)[0] in NETWORKS and k.split(".", 1)[0] not in built)}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     problems = []

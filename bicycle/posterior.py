@@ -21,7 +21,9 @@ Same data, ``k`` and ``seed``: the same mixture, bit for bit.
 Storage: ``RUN/posterior.safetensors`` (format ``bicycle-posterior/1``): ``weights`` [K], ``means`` [K, nz],
 ``covariances`` [K, nz, nz] (float64), with the checkpoint file and step it was fitted for, K, the points
 used and the seed in its metadata. It is not part of the checkpoint; loading it for another step is an
-error saying how to refit (:func:`load_posterior`).
+error saying how to refit (:func:`load_posterior`). Exported weights (``bicycle export --out``) carry the
+run's current mixture as ``posterior.weights`` / ``posterior.means`` / ``posterior.covariances``
+(:func:`embedded_tensors`), so ``--z-source posterior`` works from the one file.
 """
 from __future__ import annotations
 
@@ -252,6 +254,19 @@ def save_posterior(path: Path, mixture: GaussianMixture, checkpoint: str, step: 
     return Path(path)
 
 
+def _mixture(tensors: dict[str, Tensor], where: str, refit: str) -> GaussianMixture:
+    if not {"weights", "means", "covariances"} <= set(tensors):
+        raise CheckpointError(f"{where} has no complete posterior (weights, means, covariances); {refit}")
+    w, mu, cov = tensors["weights"].double(), tensors["means"].double(), tensors["covariances"].double()
+    k = w.shape[0] if w.dim() == 1 else -1
+    ok = (k >= 1 and mu.dim() == 2 and mu.shape[0] == k and tuple(cov.shape) == (k, mu.shape[1], mu.shape[1])
+          and all(bool(torch.isfinite(t).all()) for t in (w, mu, cov)) and bool((w > 0).all()))
+    if not ok:
+        raise CheckpointError(f"posterior {where} is damaged (weights {list(w.shape)}, means {list(mu.shape)}, "
+                              f"covariances {list(cov.shape)}, or non-finite values); {refit}")
+    return GaussianMixture(w, mu, cov)
+
+
 def read_posterior(path: Path) -> tuple[GaussianMixture, dict[str, str]]:
     p = Path(path)
     try:
@@ -261,17 +276,33 @@ def read_posterior(path: Path) -> tuple[GaussianMixture, dict[str, str]]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read posterior {p}: {exc}") from exc
     meta = header.get("__metadata__", {}) or {}
-    if meta.get("format") != FORMAT or not {"weights", "means", "covariances"} <= set(tensors):
+    if meta.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a bicycle posterior (format {meta.get('format')!r}, expected {FORMAT!r})")
-    w, mu, cov = tensors["weights"].double(), tensors["means"].double(), tensors["covariances"].double()
-    k = w.shape[0] if w.dim() == 1 else -1
-    ok = (k >= 1 and mu.dim() == 2 and mu.shape[0] == k and tuple(cov.shape) == (k, mu.shape[1], mu.shape[1])
-          and all(bool(torch.isfinite(t).all()) for t in (w, mu, cov)) and bool((w > 0).all()))
-    if not ok:
-        raise CheckpointError(f"posterior {p} is damaged (weights {list(w.shape)}, means {list(mu.shape)}, covariances "
-                              f"{list(cov.shape)}, or non-finite values); refit with: bicycle fit-posterior "
-                              f"{p.parent}")
-    return GaussianMixture(w, mu, cov), meta
+    return _mixture(tensors, str(p), f"refit with: bicycle fit-posterior {p.parent}"), meta
+
+
+EMBEDDED = "posterior."
+
+
+def embedded_tensors(mixture: GaussianMixture) -> dict[str, Tensor]:
+    """The mixture as ``posterior.*`` float64 tensors, for exported weights."""
+    return {f"{EMBEDDED}weights": mixture.weights.double().contiguous(),
+            f"{EMBEDDED}means": mixture.means.double().contiguous(),
+            f"{EMBEDDED}covariances": mixture.covariances.double().contiguous()}
+
+
+def embedded_posterior(tensors: dict[str, Tensor], path: Path) -> GaussianMixture | None:
+    """The mixture exported weights carry, or None when they were exported without one."""
+    inner = {k[len(EMBEDDED):]: v for k, v in tensors.items() if k.startswith(EMBEDDED)}
+    return _mixture(inner, str(path), "export the run again") if inner else None
+
+
+def current_posterior(run_dir: Path, step: int, nz: int) -> GaussianMixture | None:
+    """The run's posterior when one is fitted for ``step``; None when the run has none. A stale or
+    damaged one is an error (saying how to refit)."""
+    if not posterior_path(run_dir).is_file():
+        return None
+    return load_posterior(run_dir, step, nz)
 
 
 def load_posterior(run_dir: Path, step: int, nz: int, checkpoint: Path | None = None) -> GaussianMixture:
@@ -293,11 +324,15 @@ def load_posterior(run_dir: Path, step: int, nz: int, checkpoint: Path | None = 
     return mixture
 
 
-def posterior_for(checkpoint_path: Path | None, step: int, nz: int, weights_only: bool) -> GaussianMixture:
-    """The posterior of the run a loaded checkpoint belongs to; exported weights have no run dir."""
+def posterior_for(checkpoint_path: Path | None, step: int, nz: int, weights_only: bool,
+                  embedded: GaussianMixture | None = None) -> GaussianMixture:
+    """The posterior of the run a loaded checkpoint belongs to, or the one exported weights carry."""
+    if embedded is not None:
+        return embedded
     if checkpoint_path is None or weights_only:
-        raise CheckpointError(f"--z-source posterior: {checkpoint_path} holds exported weights, not a run: there is no "
-                              f"run dir with a posterior.safetensors next to it (use the run dir or its checkpoint)")
+        raise CheckpointError(f"--z-source posterior: {checkpoint_path} holds exported weights without a posterior "
+                              f"(its run had none fitted when it was exported): fit one with bicycle fit-posterior "
+                              f"RUN and export again, or use the run dir")
     return load_posterior(run_dir_of(checkpoint_path), step, nz, checkpoint_path)
 
 

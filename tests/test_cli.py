@@ -205,3 +205,19 @@ def test_discriminator_flags_and_the_paper_recipe_per_size(args, want):
     assert result.exit_code == 0, result.output
     net = json.loads(result.output[result.output.index("{"):])["net"]
     assert (net["backbone"], net["d_layers"], net["d_scales"]) == want
+
+
+@pytest.mark.parametrize("args, want", [
+    ([], (5000, 500, 500)),                                                      # the demo itself: unchanged
+    (["--image-size", "64"], (2240, 224, 224)),
+    (["--image-size", "128", "--backbone", "unet128"], (1000, 100, 100)),       # ends by itself, ~1000 steps
+    (["--backbone", "unet256"], (450, 45, 45)),
+    (["--image-size", "128", "--steps", "300"], (300, 500, 500)),               # an explicit length wins
+    (["--image-size", "128", "--sample-every", "50"], (1000, 50, 100)),
+    (["--preset", "paper", "--image-size", "128"], (200_000, 1000, 1000)),     # only the demo scales
+])
+def test_the_demo_length_follows_the_image_size(args, want):
+    result = invoke("train", "--dry-run", *args)
+    assert result.exit_code == 0, result.output
+    t = json.loads(result.output[result.output.index("{"):])["train"]
+    assert (t["steps"], t["sample_every"], t["checkpoint_every"]) == want

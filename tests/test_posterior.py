@@ -181,7 +181,7 @@ def test_a_stale_posterior_names_both_steps(run, tmp_path):
     assert "step 2" in r.output and "step 4" in r.output and f"bicycle fit-posterior {other}" in r.output
 
 
-def test_translate_from_the_posterior_is_seeded_and_exported_weights_refuse_it(fitted, tmp_path):
+def test_translate_from_the_posterior_is_seeded_and_exported_weights_carry_it(fitted, run, tmp_path):
     model = bicycle.load(fitted, device="cpu")
     x = torch.zeros(1, 32, 32) - 1
     x[:, 8:24, 8:24] = 1
@@ -194,10 +194,26 @@ def test_translate_from_the_posterior_is_seeded_and_exported_weights_refuse_it(f
     with pytest.raises(ConfigError):
         model.random_z(1, 1, seed=0, z_source="prio")
     weights = tmp_path / "w.safetensors"
-    assert invoke("export", fitted, "--out", weights).exit_code == 0
+    r = invoke("export", fitted, "--out", weights, "--dtype", "fp16")
+    assert r.exit_code == 0 and "with the run's posterior (4 components)" in r.output, r.output
     exported = bicycle.load(weights, device="cpu")
-    with pytest.raises(CheckpointError, match="w.safetensors"):
-        exported.translate(x, n=2, seed=0, z_source="posterior")
+    assert torch.equal(exported.random_z(2, 3, seed=4, z_source="posterior"), model.random_z(2, 3, seed=4, z_source="posterior"))
+    again = tmp_path / "again.safetensors"  # exported weights export again with their posterior
+    assert invoke("export", weights, "--out", again).exit_code == 0
+    assert torch.equal(bicycle.load(again, device="cpu").random_z(1, 2, seed=0, z_source="posterior"),
+                       model.random_z(1, 2, seed=0, z_source="posterior"))
+    e = tmp_path / "e.json"
+    assert invoke("eval", "--checkpoint", weights, "--inputs", "2", "--samples", "2", "--z-source", "posterior",
+                  "--json", e, "--device", "cpu").exit_code == 0
+    assert json.loads(e.read_text())["z_source"] == "posterior"
+    import shutil
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "checkpoints", bare / "checkpoints")
+    plain = tmp_path / "plain.safetensors"
+    r = invoke("export", bare, "--out", plain)
+    assert r.exit_code == 0 and "no posterior" in r.output
+    with pytest.raises(CheckpointError, match="plain.safetensors.*without a posterior"):
+        bicycle.load(plain, device="cpu").translate(x, n=2, seed=0, z_source="posterior")
 
 
 def test_pix2pix_has_no_posterior_to_fit(tmp_path):

@@ -26,7 +26,9 @@ def export(run: Path, out: Path | None, dtype: str, onnx_path: Path | None) -> N
         from bicycle.export.weights import export_weights
         r = _run(export_weights, run, out, dtype)
         click.echo(f"wrote {out}: {r['bytes'] / MIB:.2f} MiB ({dtype}, step {r['step']}); "
-                   f"{r['source']} is {r['source_bytes'] / MIB:.2f} MiB ({100 * r['bytes'] / r['source_bytes']:.0f}%)")
+                   f"{r['source']} is {r['source_bytes'] / MIB:.2f} MiB ({100 * r['bytes'] / r['source_bytes']:.0f}%); "
+                   + (f"with the run's posterior ({r['posterior_components']} components) for --z-source posterior"
+                      if r["posterior_components"] else "no posterior (none fitted for this step): --z-source prior only"))
     if onnx_path is not None:
         _run(_onnx, run, onnx_path)
 
