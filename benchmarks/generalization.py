@@ -1,5 +1,5 @@
 """Train and evaluate on a ``shapes`` variant exactly as a user would: ``bicycle train --data NAME --image-size S
---backbone unet128 [FLAGS]`` and ``bicycle eval --inputs 100 --samples 20`` with both z sources, one run at a
+--backbone unetS [FLAGS]`` (at 32 px plain ``bicycle train --data NAME``, the demo) and ``bicycle eval --inputs 100 --samples 20`` with both z sources, one run at a
 time, as subprocesses. Used for the calibration of the defaults on the variant family and, once, for the
 held-out ``shapes-outline`` report.
 
@@ -46,8 +46,8 @@ def run_one(run: Path, data: str, size: int, seed: int, flags: list[str], thread
         if run.exists():
             import shutil
             shutil.rmtree(run)
-        _bicycle(["train", "--data", data, "--image-size", str(size), "--backbone", f"unet{size}",
-                  "--seed", str(seed), "--run-dir", str(run), *flags], threads, log)
+        shape = [] if size == 32 else ["--image-size", str(size), "--backbone", f"unet{size}"]  # 32: the demo
+        _bicycle(["train", "--data", data, *shape, "--seed", str(seed), "--run-dir", str(run), *flags], threads, log)
     summary = json.loads((run / "summary.json").read_text())
     rec: dict = {"data": data, "seed": seed, "flags": flags, "steps": summary["step"],
                  "train_seconds": summary["seconds"], "threads": threads, "commit": git_commit()}

@@ -196,12 +196,12 @@ PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128"
 
 
 def demo_steps(image_size: int) -> int:
-    """The demo preset's length at ``image_size`` px: 5000 steps at 32 px and 5x fewer per 4x the size
-    (``5000 * (32 / S) ** log4(5)``, rounded to 10: 2240 at 64 px, 1000 at 128, 450 at 256), so that a run on a
-    user's images ends by itself; a 128-px step costs 5.6x a 32-px one on a 2-core CPU (benchmarks/README.md)."""
+    """The demo preset's length at ``image_size`` px: 5000 steps at 32 px and 6x fewer per 4x the size
+    (``5000 * (32 / S) ** log4(6)``, rounded to 10: 2040 at 64 px, 830 at 128, 340 at 256), so that a run on a
+    user's images ends by itself; a 128-px step costs 6-7x a 32-px one on a 2-core CPU (benchmarks/README.md)."""
     if image_size <= 32:
         return 5000
-    return max(10, int(round(5000 * (32 / image_size) ** math.log(5, 4) / 10)) * 10)
+    return max(10, int(round(5000 * (32 / image_size) ** math.log(6, 4) / 10)) * 10)
 
 
 def preset_config(name: str, overrides: dict[str, Any]) -> RunConfig:

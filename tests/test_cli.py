@@ -209,11 +209,11 @@ def test_discriminator_flags_and_the_paper_recipe_per_size(args, want):
 
 @pytest.mark.parametrize("args, want", [
     ([], (5000, 500, 500)),                                                      # the demo itself: unchanged
-    (["--image-size", "64"], (2240, 224, 224)),
-    (["--image-size", "128", "--backbone", "unet128"], (1000, 100, 100)),       # ends by itself, ~1000 steps
-    (["--backbone", "unet256"], (450, 45, 45)),
+    (["--image-size", "64"], (2040, 204, 204)),
+    (["--image-size", "128", "--backbone", "unet128"], (830, 83, 83)),          # ends by itself
+    (["--backbone", "unet256"], (340, 34, 34)),
     (["--image-size", "128", "--steps", "300"], (300, 500, 500)),               # an explicit length wins
-    (["--image-size", "128", "--sample-every", "50"], (1000, 50, 100)),
+    (["--image-size", "128", "--sample-every", "50"], (830, 50, 83)),
     (["--preset", "paper", "--image-size", "128"], (200_000, 1000, 1000)),     # only the demo scales
 ])
 def test_the_demo_length_follows_the_image_size(args, want):
