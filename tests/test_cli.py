@@ -221,3 +221,12 @@ def test_the_demo_length_follows_the_image_size(args, want):
     assert result.exit_code == 0, result.output
     t = json.loads(result.output[result.output.index("{"):])["train"]
     assert (t["steps"], t["sample_every"], t["checkpoint_every"]) == want
+
+
+@pytest.mark.parametrize("args, kl", [([], 0.025), (["--image-size", "64"], 0.0025), (["--backbone", "unet128"], 0.0025),
+                                      (["--image-size", "128", "--lambda-kl", "0.01"], 0.01),
+                                      (["--preset", "paper", "--image-size", "128"], 0.01)])
+def test_the_demo_above_32_px_uses_the_papers_kl_balance(args, kl):
+    result = invoke("train", "--dry-run", *args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{"):])["loss"]["kl"] == kl
