@@ -51,6 +51,9 @@ def run_one(run: Path, data: str, size: int, seed: int, flags: list[str], thread
     summary = json.loads((run / "summary.json").read_text())
     rec: dict = {"data": data, "seed": seed, "flags": flags, "steps": summary["step"],
                  "train_seconds": summary["seconds"], "threads": threads, "commit": git_commit()}
+    if (run / "record.json").exists():  # a reused run keeps how and where it was trained
+        old = json.loads((run / "record.json").read_text())
+        rec.update({k: old[k] for k in ("threads", "commit") if k in old})
     for source in ("prior", "posterior"):
         out = run / f"eval_{source}.json"
         if not out.exists():
