@@ -36,10 +36,9 @@ def load(path: str | Path, device: str = "auto") -> Model:
     from bicycle.posterior import embedded_posterior
 
     ckpt, nets, dev = load_model(path, device)
-    model = Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path, weights_only=ckpt.weights_only)
-    if ckpt.weights_only:
-        model._posterior = embedded_posterior(ckpt.tensors, ckpt.path)
-    return model
+    embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only else None
+    return Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path, weights_only=ckpt.weights_only,
+                 posterior=embedded)
 
 
 def to_pil(t: Tensor) -> Image.Image:
@@ -52,10 +51,10 @@ class Model:
     """A trained BicycleGAN (or baseline) for inference. ``nets``: G (and E when the model has one)."""
 
     def __init__(self, nets: Nets, config: RunConfig, device: torch.device, step: int = 0,
-                 path: Path | None = None, weights_only: bool = False) -> None:
+                 path: Path | None = None, weights_only: bool = False, posterior=None) -> None:
         self.nets, self.config, self.device, self.step, self.path = nets, config, device, step, path
         self.weights_only = weights_only  # exported weights (bicycle export): the posterior, if any, is inside
-        self._posterior = None
+        self._posterior = posterior  # None: read from the run dir when first asked for
         for _, m in nets.items():
             m.eval()
 
