@@ -38,3 +38,10 @@ def test_a_run_forced_to_collapse_warns_once_and_records_it(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["posterior_collapse_warning"] is True
     assert [h["active_dims"] for h in summary["posterior_collapse"]] == [0, 0, 0, 0]
+
+
+def test_the_collapse_warning_waits_for_the_end_of_the_kl_warm_up(tmp_path):
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", *TINY, "--lambda-kl", "100", "--kl-warmup", "0.6", "--run-dir", str(run)])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("warning: posterior collapse at step 30") == 1, r.output  # checks at 10, 20: warm-up

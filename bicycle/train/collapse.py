@@ -9,7 +9,8 @@ On the first ``COLLAPSE_INPUTS`` pairs of the val split, at every progress grid:
 * encoded vs random: L1(G(A, mu(E(B))), B) against the mean L1(G(A, z), B) over ``RANDOM_CODES`` random z.
   When the encoded output is not clearly closer (ratio >= ``ENCODED_RATIO``), G ignores E's code.
 
-Either finding, from ``HEALTH_AFTER`` of the run on, gives one warning with the remedies.
+Either finding, from ``HEALTH_AFTER`` of the run on (or from the end of lambda_KL's warm-up, if later), gives one
+warning with the remedies.
 """
 from __future__ import annotations
 

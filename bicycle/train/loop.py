@@ -156,8 +156,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: 
         data_notes.append(resume_data_warning(ckpt.metadata, data_files))
     for line in filter(None, data_notes):
         echo(line)
-    collapse = (CollapseMonitor(val, cfg.net.nz, cfg.train.seed, cfg.train.steps, state.model.variational, HEALTH_AFTER)
-                if state.model.uses_encoder and main else None)
+    # not during lambda_KL's warm-up: the encoder is still being let off the prior there
+    collapse = (CollapseMonitor(val, cfg.net.nz, cfg.train.seed, cfg.train.steps, state.model.variational,
+                                max(HEALTH_AFTER, cfg.loss.kl_warmup)) if state.model.uses_encoder and main else None)
     grids = ProgressGrids(val, cfg.net.nz, cfg.train.seed, sample_dir, cfg.train.steps, collapse)
 
     total = cfg.train.steps
