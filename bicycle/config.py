@@ -195,33 +195,39 @@ PRESETS: dict[str, RunConfig] = {
 PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128", "net.d_layers": 2}}
 
 
-# The demo preset above 32 px (a user's images): the paper's per-sample KL balance instead of the demo's 10x.
-# Chosen on shapes-unequal at 128 px (benchmarks/results/generalization): the 10x KL kept one of the two
-# attributes (fill or background) in the code; 0.0025 kept more of both (modes 33% -> 40-43% of the ideal,
-# encoded mode 0.44 -> 0.62), its lower prior validity answered by --z-source posterior.
-DEMO_LARGER: dict[str, Any] = {"loss.kl": 0.0025}
+# The demo preset above 32 px (a user's images): the paper's batch (2) and lambda_KL (0.01), widths 16 and, up to
+# 128 px, the original's 128-px discriminator (2 layers): a 128-px step costs a fifth of one at the 32-px recipe's
+# batch 8 and widths 32, so the same minutes buy 5x the updates. Chosen on shapes-unequal and shapes-outline-big at
+# 128 px (benchmarks/README.md, "Defaults on unseen data").
+DEMO_LARGER: dict[str, Any] = {"train.batch_size": 2, "loss.kl": 0.01, "net.ngf": 16, "net.nef": 16, "net.ndf": 16}
+DEMO_LARGER_SMALL_D = 128  # up to this size the demo's D has 2 stride-2 layers, as the original's 128-px recipe
+DEMO_STEPS_128 = 4500
 
 
 def demo_steps(image_size: int) -> int:
-    """The demo preset's length at ``image_size`` px: 5000 steps at 32 px and 6x fewer per 4x the size
-    (``5000 * (32 / S) ** log4(6)``, rounded to 10: 2040 at 64 px, 830 at 128, 340 at 256), so that a run on a
-    user's images ends by itself; a 128-px step costs 6-7x a 32-px one on a 2-core CPU (benchmarks/README.md)."""
+    """The demo preset's length at ``image_size`` px: 5000 steps at 32 px; above, :data:`DEMO_STEPS_128` at 128 px
+    and 4x fewer per 2x the size (a step's cost grows with the pixel count), at most 5000 (rounded to 10: 5000 at
+    64 px, 4500 at 128, 1120 at 256), so that a run on a user's images ends by itself within ~13 minutes on a 2-core
+    CPU (benchmarks/README.md)."""
     if image_size <= 32:
         return 5000
-    return max(10, int(round(5000 * (32 / image_size) ** math.log(6, 4) / 10)) * 10)
+    return max(10, min(5000, int(round(DEMO_STEPS_128 * (128 / image_size) ** 2 / 10)) * 10))
 
 
 def preset_config(name: str, overrides: dict[str, Any]) -> RunConfig:
     """A preset with ``overrides``; the ``paper`` preset at 128 px takes the original's 128-px recipe
     (:data:`PAPER_SIZE_RECIPES`) for every key the overrides leave out; the ``demo`` preset above 32 px takes
-    :data:`DEMO_LARGER` and a length that follows the image size (:func:`demo_steps`) unless ``train.steps``
-    is given, with a sample grid and a checkpoint every tenth of the run."""
+    :data:`DEMO_LARGER` (and a 2-layer D up to :data:`DEMO_LARGER_SMALL_D` px) for every key the overrides leave
+    out, and a length that follows the image size (:func:`demo_steps`) unless ``train.steps`` is given, with a
+    sample grid and a checkpoint every tenth of the run."""
     cfg = replace(PRESETS[name], overrides)
     extra: dict[str, Any] = {}
     if name == "paper":
         extra = dict(PAPER_SIZE_RECIPES.get(cfg.net.image_size, {}))
     elif name == "demo" and cfg.net.image_size > 32:
         extra = dict(DEMO_LARGER)
+        if cfg.net.image_size <= DEMO_LARGER_SMALL_D:
+            extra["net.d_layers"] = 2
         if overrides.get("train.steps") is None:
             steps = demo_steps(cfg.net.image_size)
             extra.update({"train.steps": steps, "train.sample_every": max(1, steps // 10),

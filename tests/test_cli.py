@@ -209,11 +209,13 @@ def test_discriminator_flags_and_the_paper_recipe_per_size(args, want):
 
 @pytest.mark.parametrize("args, want", [
     ([], (5000, 500, 500)),                                                      # the demo itself: unchanged
-    (["--image-size", "64"], (2040, 204, 204)),
-    (["--image-size", "128", "--backbone", "unet128"], (830, 83, 83)),          # ends by itself
-    (["--backbone", "unet256"], (340, 34, 34)),
+    (["--image-size", "64"], (5000, 500, 500)),                                  # capped at the 32-px length
+    (["--image-size", "96"], (5000, 500, 500)),
+    (["--image-size", "128", "--backbone", "unet128"], (4500, 450, 450)),       # ends by itself
+    (["--image-size", "192"], (2000, 200, 200)),
+    (["--backbone", "unet256"], (1120, 112, 112)),
     (["--image-size", "128", "--steps", "300"], (300, 500, 500)),               # an explicit length wins
-    (["--image-size", "128", "--sample-every", "50"], (830, 50, 83)),
+    (["--image-size", "128", "--sample-every", "50"], (4500, 50, 450)),
     (["--preset", "paper", "--image-size", "128"], (200_000, 1000, 1000)),     # only the demo scales
 ])
 def test_the_demo_length_follows_the_image_size(args, want):
@@ -223,10 +225,18 @@ def test_the_demo_length_follows_the_image_size(args, want):
     assert (t["steps"], t["sample_every"], t["checkpoint_every"]) == want
 
 
-@pytest.mark.parametrize("args, kl", [([], 0.025), (["--image-size", "64"], 0.0025), (["--backbone", "unet128"], 0.0025),
-                                      (["--image-size", "128", "--lambda-kl", "0.01"], 0.01),
-                                      (["--preset", "paper", "--image-size", "128"], 0.01)])
-def test_the_demo_above_32_px_uses_the_papers_kl_balance(args, kl):
+@pytest.mark.parametrize("args, want", [
+    ([], (8, 0.025, 32, 32, 32, 3)),                                             # the demo at 32 px: unchanged
+    (["--image-size", "64"], (2, 0.01, 16, 16, 16, 2)),
+    (["--backbone", "unet128"], (2, 0.01, 16, 16, 16, 2)),
+    (["--backbone", "unet256"], (2, 0.01, 16, 16, 16, 3)),                      # the original's 256-px D
+    (["--image-size", "128", "--lambda-kl", "0.02", "--batch-size", "8", "--nef", "32", "--d-layers", "3"],
+     (8, 0.02, 16, 32, 16, 3)),                                                  # flags win, key by key
+    (["--preset", "paper", "--image-size", "128"], (2, 0.01, 64, 64, 64, 2)),
+])
+def test_the_demo_above_32_px_takes_its_larger_images_recipe(args, want):
     result = invoke("train", "--dry-run", *args)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output[result.output.index("{"):])["loss"]["kl"] == kl
+    c = json.loads(result.output[result.output.index("{"):])
+    n = c["net"]
+    assert (c["train"]["batch_size"], c["loss"]["kl"], n["ngf"], n["nef"], n["ndf"], n["d_layers"]) == want
