@@ -200,7 +200,7 @@ PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128"
 # batch 8 and widths 32, so the same minutes buy 5x the updates. Chosen on shapes-unequal and shapes-outline-big at
 # 128 px (benchmarks/README.md, "Defaults on unseen data").
 DEMO_LARGER: dict[str, Any] = {"train.batch_size": 2, "loss.kl": 0.01, "net.ngf": 16, "net.nef": 16, "net.ndf": 16}
-DEMO_LARGER_SMALL_D = 128  # up to this size the demo's D has 2 stride-2 layers, as the original's 128-px recipe
+DEMO_LARGER_SMALL_D = 128  # up to this size the demo's D is the original's 128-px one (its stride-2 layers)
 DEMO_STEPS_128 = 4500
 
 
@@ -227,7 +227,7 @@ def preset_config(name: str, overrides: dict[str, Any]) -> RunConfig:
     elif name == "demo" and cfg.net.image_size > 32:
         extra = dict(DEMO_LARGER)
         if cfg.net.image_size <= DEMO_LARGER_SMALL_D:
-            extra["net.d_layers"] = 2
+            extra["net.d_layers"] = PAPER_SIZE_RECIPES[DEMO_LARGER_SMALL_D]["net.d_layers"]
         if overrides.get("train.steps") is None:
             steps = demo_steps(cfg.net.image_size)
             extra.update({"train.steps": steps, "train.sample_every": max(1, steps // 10),
