@@ -46,7 +46,8 @@ def run_one(run: Path, data: str, size: int, seed: int, flags: list[str], thread
         if run.exists():
             import shutil
             shutil.rmtree(run)
-        shape = [] if size == 32 else ["--image-size", str(size), "--backbone", f"unet{size}"]  # 32: the demo
+        backbone = f"unet{size}" if size in (128, 256) else "unet"  # the paper's named U-Nets where they exist
+        shape = [] if size == 32 else ["--image-size", str(size), "--backbone", backbone]  # 32: the demo
         _bicycle(["train", "--data", data, *shape, "--seed", str(seed), "--run-dir", str(run), *flags], threads, log)
     summary = json.loads((run / "summary.json").read_text())
     rec: dict = {"data": data, "seed": seed, "flags": flags, "steps": summary["step"],
