@@ -46,3 +46,41 @@ def test_quality_gpu_script_runs_and_reports_unmet_targets_honestly(tmp_path):
     assert rec["steps_reached"] == 2 and rec["config"]["net.image_size"] == 128 and rec["config"]["net.backbone"] == "unet128"
     assert rec["measures"]["protocol"]["inputs"] == 2 and rec["train_wall_seconds"] > 0
     assert rec["targets"]["valid_rate"]["met"] == (rec["measures"]["valid_rate"] >= 0.9)
+
+
+def _probe_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("attribute_probe", BENCH / "attribute_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_attribute_probe_reads_a_code_that_carries_the_label_and_not_one_that_does_not():
+    import torch
+    knn = _probe_module().knn_accuracy
+    g = torch.Generator().manual_seed(0)
+    labels, val_labels = torch.randint(0, 4, (400,), generator=g), torch.randint(0, 4, (200,), generator=g)
+    centres = torch.randn(4, 8, generator=g) * 5
+    code = lambda y: centres[y] + 0.1 * torch.randn(len(y), 8, generator=g)
+    assert knn(code(labels), labels, code(val_labels), val_labels) == 1.0
+    noise = lambda n: torch.randn(n, 8, generator=g)
+    assert knn(noise(400), labels, noise(200), val_labels) < 0.45  # chance 0.25
+
+
+def test_the_attribute_probe_runs_on_a_trained_variant_run(tmp_path):
+    run = tmp_path / "run"
+    train = subprocess.run([sys.executable, "-m", "bicycle", "train", "--data", "shapes-outline-big", "--steps", "2",
+                            "--run-dir", str(run)], capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    out = tmp_path / "probe.json"
+    done = subprocess.run([sys.executable, str(BENCH / "attribute_probe.py"), str(run), "--train", "40", "--val", "20",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["step"] == 2 and set(r["attributes"]) == {"fill", "background"}
+    for a in r["attributes"].values():
+        assert sum(a["decoded_histogram"]) <= 20 and sum(a["truth_histogram"]) == 20
+        assert all(0.0 <= a[k] <= 1.0 for k in ("mean_knn", "sampled_knn", "decoded"))
+    assert len(r["dimensions"]["sigma_median"]) == 8
+    assert "fill" in done.stdout and "background" in done.stdout

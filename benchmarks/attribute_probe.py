@@ -1,0 +1,110 @@
+"""Where a trained run loses an attribute of B: in E's code, in the noise of the sampled code, or in G.
+
+For a run on a ``shapes`` variant (modes = fill x background), per attribute:
+
+- ``mean_knn``: E's mean mu(B) carries it: 5-NN accuracy of the attribute from mu, val codes against train codes;
+- ``sampled_knn``: the code G trains on in the cVAE branch, mu + sigma * eps, carries it (same probe, both sides
+  sampled once);
+- ``decoded``: G(A, mu(B)) reproduces it (the oracle's fill / background of the output, against the truth);
+- ``decoded_histogram``: how often G drew each value (outputs the oracle cannot read left out), next to
+  ``truth_histogram``.
+
+Also per code dimension: the median sigma, the spread (std) of mu, and the share of mu's variance the fill
+explains. Chance is 1 / (number of values). Not a CI test.
+
+    python benchmarks/attribute_probe.py RUN_DIR [--train 600] [--val 300] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from bicycle.data.shape_variants import VARIANTS, ShapeVariantDataset
+from bicycle.loading import load_model
+
+BATCH = 50
+
+
+def knn_accuracy(train_codes: Tensor, train_labels: Tensor, val_codes: Tensor, val_labels: Tensor, k: int = 5) -> float:
+    """Majority vote of the k nearest train codes [M, nz] (Euclidean) for each val code [V, nz]; ties go to the
+    lowest label. -> the fraction of val labels [V] predicted."""
+    nearest = torch.cdist(val_codes, train_codes).topk(k, largest=False).indices
+    classes = int(max(train_labels.max(), val_labels.max())) + 1
+    votes = torch.nn.functional.one_hot(train_labels[nearest], classes).sum(1)
+    return float((votes.argmax(1) == val_labels).float().mean())
+
+
+@torch.no_grad()
+def _codes(nets, ds: ShapeVariantDataset) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> A [N, 1, S, S], mu [N, nz], sigma [N, nz], fill [N], background [N] for every index of ``ds``."""
+    idx = list(range(len(ds)))
+    a, b = ds.get_batch(idx)
+    enc = [nets.E(b[i:i + BATCH]) for i in range(0, len(idx), BATCH)]
+    mu = torch.cat([e[0] for e in enc])
+    sigma = torch.cat([e[1] for e in enc]).mul(0.5).exp()
+    params = [ds.params(i) for i in idx]
+    return (a, mu, sigma, torch.tensor([p["fill"] for p in params]), torch.tensor([p["background"] for p in params]))
+
+
+@torch.no_grad()
+def probe(run: Path, n_train: int = 600, n_val: int = 300, seed: int = 0) -> dict:
+    ckpt, nets, _ = load_model(run, "cpu")
+    data = ckpt.config.data.data
+    if data not in VARIANTS:
+        raise SystemExit(f"{run}: trained on {data!r}; the probe needs a shapes variant ({', '.join(VARIANTS)})")
+    size = ckpt.config.net.image_size
+    train = ShapeVariantDataset(data, size, "train", ckpt.config.train.seed, length=n_train)
+    val = ShapeVariantDataset(data, size, "val", ckpt.config.train.seed, length=n_val)
+    g = torch.Generator().manual_seed(seed)
+    _, tmu, tsig, tfill, tbg = _codes(nets, train)
+    va, vmu, vsig, vfill, vbg = _codes(nets, val)
+    tz = tmu + tsig * torch.randn(tmu.shape, generator=g)
+    vz = vmu + vsig * torch.randn(vmu.shape, generator=g)
+    out = torch.cat([nets.G(va[i:i + BATCH], vmu[i:i + BATCH]) for i in range(0, n_val, BATCH)])
+    modes = val.mode_of(va, out)
+    drawn = {"fill": modes // len(val.backgrounds), "background": modes % len(val.backgrounds)}
+    result: dict = {"run": str(run), "data": data, "image_size": size, "step": ckpt.step,
+                    "train_points": n_train, "val_points": n_val, "attributes": {}}
+    for name, (tl, vl, values) in {"fill": (tfill, vfill, len(val.fills)),
+                                   "background": (tbg, vbg, len(val.backgrounds))}.items():
+        result["attributes"][name] = {
+            "chance": 1 / values,
+            "mean_knn": knn_accuracy(tmu, tl, vmu, vl),
+            "sampled_knn": knn_accuracy(tz, tl, vz, vl),
+            "decoded": float((drawn[name] == vl).float().mean()),
+            "decoded_histogram": torch.bincount(drawn[name][modes >= 0], minlength=values).tolist(),
+            "truth_histogram": torch.bincount(vl, minlength=values).tolist(),
+        }
+    fill_means = torch.stack([vmu[vfill == f].mean(0) for f in range(len(val.fills))])  # [F, nz]
+    result["dimensions"] = {
+        "sigma_median": vsig.median(0).values.tolist(),
+        "mu_std": vmu.std(0).tolist(),
+        "fill_share_of_mu_variance": (fill_means[vfill].var(0) / vmu.var(0)).tolist(),
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="a run directory or checkpoint trained on a shapes variant")
+    p.add_argument("--train", type=int, default=600, help="train images encoded as the probe's references")
+    p.add_argument("--val", type=int, default=300, help="val images probed")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled codes' noise")
+    p.add_argument("--json", type=Path, help="also write the result here")
+    args = p.parse_args(argv)
+    r = probe(args.run, args.train, args.val, args.seed)
+    for name, a in r["attributes"].items():
+        print(f"{name:10s} chance {a['chance']:.2f}  E mean {a['mean_knn']:.3f}  sampled code {a['sampled_knn']:.3f}  "
+              f"G(A, mu) {a['decoded']:.3f}  drawn {a['decoded_histogram']} truth {a['truth_histogram']}")
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
