@@ -54,6 +54,9 @@ def run_one(run: Path, data: str, size: int, seed: int, flags: list[str], thread
                  "train_seconds": summary["seconds"], "threads": threads, "commit": git_commit()}
     if (run / "record.json").exists():  # a reused run keeps how and where it was trained
         old = json.loads((run / "record.json").read_text())
+        if old.get("flags", flags) != flags:
+            raise SystemExit(f"{run} was trained with flags {old['flags']}, not {flags}: pass the same flags, "
+                             "or --fresh to retrain")
         rec.update({k: old[k] for k in ("threads", "commit") if k in old})
     for source in ("prior", "posterior"):
         out = run / f"eval_{source}.json"
