@@ -5,7 +5,7 @@ linear in z. Loaded by Python at start-up when this folder is on PYTHONPATH, it 
 loaded with it). It reproduces the `upfilm` rows of benchmarks/README.md ("Where the fill is lost"):
 
     PYTHONPATH=benchmarks/prototypes/decoder_film python benchmarks/generalization.py --data shapes-outline-big \\
-        --image-size 64 --seeds 0 1 --label upfilm --threads 1 --out /tmp/upfilm
+        --image-size 64 --seeds 0 1 2 --label upfilm --threads 1 --out /tmp/upfilm
 
 Why: a tiled z concatenated before a conv adds a per-channel constant that the instance norm after the conv removes,
 so G's decoder sees z only through the spatial patterns of its innermost level; a fill colour chosen by z for a
