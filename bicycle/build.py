@@ -80,7 +80,12 @@ def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -
 
     validate(cfg)
     backbone = registry.backbone(cfg.net.backbone)
-    registry.injector(cfg.net.inject)
+    injector = registry.injector(cfg.net.inject)
+    if injector.decoder and not backbone.decoder_points:
+        offered = [n for n in registry.names("backbone") if registry.backbone(n).decoder_points]
+        raise ConfigError(f"injector {injector.name!r} needs a backbone with decoder injection points; backbone "
+                          f"{backbone.name!r} offers none (use --inject all, or a backbone among "
+                          f"{', '.join(offered) or 'none'})")
     dataset_spec(cfg, registry)
     problem = backbone.check_size(cfg.net.image_size)
     if problem:

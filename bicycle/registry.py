@@ -13,6 +13,13 @@ an :class:`InjectionPoint` (index, channels, height, width). The backbone calls
 
 Skip connections carry x_i (without z). An injector may concatenate (changing the channel count),
 modulate (keeping it), or pass some points through unchanged; it must not change N, H or W.
+
+Decoder points (opt-in on both sides). An injector whose spec says ``decoder=True`` also wants z in the
+decoder; only a backbone whose spec says ``decoder_points=True`` offers that, and it declares its decoder
+points (``decoder=True``) only to such an injector. A decoder point is a decoding (up-sampling) block's output
+before its skip connection joins it; decoder points are indexed after the encoding ones (k..k+m-1, in the
+order forward visits them) and follow rules 1-2 above: the layer consuming the point is built for
+``channels_after(j)`` channels (plus the skip's) and gets ``injector(j, y_j, z)``.
 """
 from __future__ import annotations
 
@@ -27,12 +34,14 @@ from bicycle.errors import ConfigError, PluginError
 
 @dataclass(frozen=True)
 class InjectionPoint:
-    """The input of a backbone's i-th down-sampling block: [N, channels, height, width]."""
+    """The input of a backbone's i-th down-sampling block, [N, channels, height, width]; with ``decoder``, a
+    decoding block's output before its skip connection joins it."""
 
     index: int
     channels: int
     height: int
     width: int
+    decoder: bool = False
 
 
 class Injector(nn.Module):
@@ -63,11 +72,13 @@ class GeneratorArgs:
 
 @dataclass(frozen=True)
 class InjectorSpec:
-    """A z-injection strategy. ``build(points, nz)`` -> Injector."""
+    """A z-injection strategy. ``build(points, nz)`` -> Injector. ``decoder``: it needs decoder points too
+    (only a backbone with ``decoder_points`` can take it)."""
 
     name: str
     build: Callable[[Sequence[InjectionPoint], int], Injector]
     description: str = ""
+    decoder: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,7 @@ class BackboneSpec:
     ``build(args, injector)`` -> nn.Module whose ``forward(a, z)`` maps A [N, in, S, S] and
     z [N, nz] to B [N, out, S, S] in [-1, 1]. ``check_size(S)`` returns None when S is supported,
     else a one-line reason. ``default_image_size`` (or None) is the size the backbone implies.
+    ``decoder_points``: it declares decoder points to an injector whose spec asks for them.
     """
 
     name: str
@@ -84,6 +96,7 @@ class BackboneSpec:
     check_size: Callable[[int], str | None]
     default_image_size: int | None = None
     description: str = ""
+    decoder_points: bool = False
 
 
 @dataclass(frozen=True)

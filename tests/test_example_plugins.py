@@ -72,6 +72,15 @@ def test_examples_pass_the_kit(examples, one_torch_thread):
     check_injector(reg.injector("adain"), [reg.backbone("unet"), reg.backbone("resnet6")], registry=reg).raise_for_failures()
 
 
+def test_a_decoder_injector_with_a_backbone_without_decoder_points_is_refused_in_one_line(examples, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--backbone", "resnet6", "--inject", "all-film", "--steps", "2",
+                                       "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and not (tmp_path / "run").exists()
+    assert ("injector 'all-film' needs a backbone with decoder injection points; backbone 'resnet6' offers none "
+            "(use --inject all, or a backbone among unet, unet128, unet256)") in result.output
+    assert "Traceback" not in result.output
+
+
 def tensorboard(run_dir: Path) -> EventAccumulator:
     """What TensorBoard shows of the run: every event file of RUN/tensorboard, everything kept."""
     return EventAccumulator(str(run_dir / "tensorboard"), size_guidance=dict.fromkeys(DEFAULT_SIZE_GUIDANCE, 0)).Reload()

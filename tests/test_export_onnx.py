@@ -67,7 +67,7 @@ def _batch_dims(path):
             for v in list(graph.input) + list(graph.output)}
 
 
-# the four G variants the task names; E (resnet, conv) rides along with two of them, pix2pix has none
+# the four G variants the task names, and the decoder-FiLM one; E (resnet, conv) rides along, pix2pix has none
 CASES = [
     pytest.param({"net.inject": "input", "net.upsample": "basic", "net.encoder": "resnet"}, id="input-basic-E_resnet"),
     pytest.param({"net.inject": "all", "net.upsample": "bilinear", "net.encoder": "conv"}, id="all-bilinear-E_conv"),
@@ -75,6 +75,7 @@ CASES = [
                  id="input-bilinear-noE-1to3"),
     pytest.param({"net.inject": "all", "net.upsample": "basic", "train.model": "pix2pix", "net.out_channels": 1},
                  id="all-basic-noE-3to1"),
+    pytest.param({"net.inject": "all-film", "net.upsample": "basic", "net.encoder": "resnet"}, id="all_film-basic-E_resnet"),
 ]
 
 

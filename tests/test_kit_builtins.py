@@ -1,6 +1,7 @@
 """bicycle's own components pass the conformance kit (bicycle.testing), and the kit catches broken ones."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,10 @@ class TestInputInjector(InjectorConformance):
 
 class TestAllInjector(InjectorConformance):
     injector = "all"
+
+
+class TestAllFilmInjector(InjectorConformance):
+    injector = "all-film"
 
 
 class TestShapes(DatasetConformance):
@@ -106,6 +111,65 @@ def test_batch_merge_passes_a_batch_norm_generator_because_the_step_calls_it_twi
                              tiny_generator_args(norm="batch"))
     passed = {r.check: r.detail for r in report.results if r.status == "passed"}
     assert "calls it twice" in passed["batch_merge"]
+
+
+class _DecoderConcat(Injector):
+    """Concatenates z at the decoder points only (changes their channels): the U-Net must build for it."""
+
+    def __init__(self, points: Sequence[InjectionPoint], nz: int) -> None:
+        super().__init__()
+        self.nz = nz
+        self._ch = {p.index: p.channels + (nz if p.decoder else 0) for p in points}
+        self._decoder = {p.index for p in points if p.decoder}
+
+    def channels_after(self, index: int) -> int:
+        return self._ch[index]
+
+    def forward(self, index: int, x: Tensor, z: Tensor) -> Tensor:
+        if index not in self._decoder:
+            return x
+        n, _, h, w = x.shape
+        return torch.cat([x, z.view(n, self.nz, 1, 1).expand(n, self.nz, h, w)], 1)
+
+
+def test_a_decoder_injector_that_changes_channels_passes_inside_the_unet(bicycle_registry, one_torch_thread):
+    spec = InjectorSpec("dec_cat", _DecoderConcat, decoder=True)
+    report = check_injector(spec, registry=bicycle_registry)
+    report.raise_for_failures()
+    assert "9 points" in {r.check: r.detail for r in report.results}["injection_contract"]
+
+
+def test_kit_skips_a_decoder_injector_in_a_backbone_without_decoder_points(bicycle_registry, one_torch_thread):
+    from bicycle.nn.unet import UNetGenerator
+
+    plain = BackboneSpec("plain", lambda args, inj: UNetGenerator(args, inj, 5), lambda s: None)  # no decoder_points
+    report = check_generator(plain, bicycle_registry.injector("all-film"), tiny_generator_args())
+    assert not report.failures and set(report.checks("skipped")) == set(report.checks())
+    assert "does not offer" in report.results[0].detail
+
+
+def test_kit_catches_decoder_points_declared_to_an_injector_that_did_not_ask(bicycle_registry, one_torch_thread):
+    from bicycle.nn.unet import UNetGenerator
+
+    def pushy(args, inj):  # declares decoder points whatever the injector says
+        return UNetGenerator(args, dataclasses.replace(inj, decoder=True), 5)
+
+    report = check_generator(BackboneSpec("pushy", pushy, lambda s: None, decoder_points=True),
+                             bicycle_registry.injector("all"), tiny_generator_args())
+    failed = {r.check: r.detail for r in report.failures}
+    assert "did not ask for them" in failed["injection_contract"]
+
+
+def test_kit_catches_a_backbone_that_ignores_a_decoder_request(bicycle_registry, one_torch_thread):
+    from bicycle.nn.unet import UNetGenerator
+
+    def deaf(args, inj):
+        return UNetGenerator(args, dataclasses.replace(inj, decoder=False), 5)
+
+    report = check_generator(BackboneSpec("deafdec", deaf, lambda s: None, decoder_points=True),
+                             bicycle_registry.injector("all-film"), tiny_generator_args())
+    failed = {r.check: r.detail for r in report.failures}
+    assert "none were declared" in failed["injection_contract"]
 
 
 def test_kit_catches_an_injector_that_ignores_z(bicycle_registry, one_torch_thread):

@@ -21,7 +21,7 @@ def _registry():
     return get_plugins().registry
 
 
-@pytest.mark.parametrize("inject", ["input", "all"])
+@pytest.mark.parametrize("inject", ["input", "all", "all-film"])
 @pytest.mark.parametrize("backbone", sorted(BACKBONE_SIZES))
 def test_every_injector_with_every_backbone(backbone, inject):
     reg = _registry()
@@ -49,6 +49,32 @@ def test_inject_all_concatenates_at_every_down_block_and_input_only_at_the_first
         m for m in d if isinstance(m, torch.nn.Conv2d)).in_channels for d in g.downs]
     assert conv_in(g_all) == [1 + 8, 4 + 8, 8 + 8, 16 + 8, 32 + 8, 32 + 8]
     assert conv_in(g_in) == [1 + 8, 4, 8, 16, 32, 32]
+
+
+def test_all_film_is_all_plus_a_decoder_modulation_that_starts_near_identity():
+    """With its FiLM layers at zero, all-film computes exactly what all does with the same U-Net weights; its
+    modulation acts after each up block's norm (levels depth-1..1), where a norm cannot remove it."""
+    reg = _registry()
+    args = GeneratorArgs(1, 3, 8, 64, ngf=4)
+    torch.manual_seed(0)
+    g_all = reg.backbone("unet").build(args, reg.injector("all")).eval()
+    g_film = reg.backbone("unet").build(args, reg.injector("all-film")).eval()
+    film = {k: v for k, v in g_film.state_dict().items() if ".film." in k}
+    assert sorted({k.split(".")[2] for k in film}, key=int) == ["6", "7", "8", "9", "10"]  # 6 levels: 5 decoder points
+    assert film["injector.film.6.weight"].shape == (2 * 32, 8) and film["injector.film.10.weight"].shape == (2 * 4, 8)
+    assert max(v.abs().max() for v in film.values()) < 0.2  # init gain 0.02: close to identity
+    missing = g_film.load_state_dict(g_all.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == sorted(film)
+    a, z = torch.randn(2, 1, 64, 64), torch.randn(2, 8)
+    with torch.no_grad():
+        for p in g_film.injector.film.parameters():
+            p.zero_()
+        assert torch.equal(g_film(a, z), g_all(a, z))
+        g_film.injector.film["10"].weight[0, 0] = 5.0  # gamma of the outermost decoder point's first channel
+        z2 = z.clone()
+        z2[1, 0] += 1.0
+        moved = g_film(a, z2) - g_film(a, z)
+        assert moved[0].abs().max() == 0 and moved[1].abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("upsample", ["basic", "bilinear"])

@@ -48,7 +48,7 @@ def test_a_name_registered_twice_names_both_plugins():
 
 def test_unknown_name_lists_what_exists():
     reg = plugins.build_plugins(autoload=False).registry
-    with pytest.raises(ConfigError, match=r"unknown injector 'al'.*available: all, input"):
+    with pytest.raises(ConfigError, match=r"unknown injector 'al'.*available: all, all-film, input"):
         reg.injector("al")
 
 

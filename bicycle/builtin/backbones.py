@@ -43,7 +43,9 @@ def _build_auto(args: GeneratorArgs, injector: InjectorSpec) -> UNetGenerator:
 def bicycle_backbones() -> list[BackboneSpec]:
     return [
         BackboneSpec("unet", _build_auto, _check_auto, None,
-                     "U-Net whose depth follows the image size (log2 for powers of two, at most 8)"),
-        BackboneSpec("unet128", _fixed(7), _check_fixed(7), 128, "U-Net with 7 down-samplings (paper, 128 px)"),
-        BackboneSpec("unet256", _fixed(8), _check_fixed(8), 256, "U-Net with 8 down-samplings (paper, 256 px)"),
+                     "U-Net whose depth follows the image size (log2 for powers of two, at most 8)", decoder_points=True),
+        BackboneSpec("unet128", _fixed(7), _check_fixed(7), 128, "U-Net with 7 down-samplings (paper, 128 px)",
+                     decoder_points=True),
+        BackboneSpec("unet256", _fixed(8), _check_fixed(8), 256, "U-Net with 8 down-samplings (paper, 256 px)",
+                     decoder_points=True),
     ]

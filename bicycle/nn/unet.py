@@ -2,7 +2,8 @@
 
 Level i (0 = outermost) down-samples by 2 with a 4x4 stride-2 conv from ``in_ch(i)`` to
 ``out_ch(i) = ngf * min(2**i, 8)`` channels; the up path mirrors it and concatenates the skip.
-The injector decides what enters each down conv (see :mod:`bicycle.registry`).
+The injector decides what enters each down conv and, when it asks for decoder points, what each up block's
+output (levels depth-1..1, before the skip joins it) passes on (see :mod:`bicycle.registry`).
 """
 from __future__ import annotations
 
@@ -38,7 +39,13 @@ class UNetGenerator(nn.Module):
         out_ch = [ngf * min(2**i, 8) for i in range(depth)]
         in_ch = [args.in_channels] + out_ch[:-1]
         points = [InjectionPoint(i, in_ch[i], s >> i, s >> i) for i in range(depth)]
+        # Decoder point of level i (depth-1..1): ups[i]'s output, [in_ch(i), S/2^i, S/2^i], in forward order.
+        self.decoder_point = {i: depth + k for k, i in enumerate(range(depth - 1, 0, -1))} if injector.decoder else {}
+        points += [InjectionPoint(j, in_ch[i], s >> i, s >> i, decoder=True) for i, j in self.decoder_point.items()]
         self.injector = injector.build(points, args.nz)
+
+        def decoded(i: int) -> int:
+            return self.injector.channels_after(self.decoder_point[i]) if i in self.decoder_point else in_ch[i]
         downs, ups = [], []
         for i in range(depth):
             innermost, outermost = i == depth - 1, i == 0
@@ -47,7 +54,7 @@ class UNetGenerator(nn.Module):
             if not (outermost or innermost):
                 down.append(norm_layer(args.norm, out_ch[i]))
             downs.append(nn.Sequential(*down))
-            up_in = out_ch[i] if innermost else 2 * out_ch[i]
+            up_in = out_ch[i] if innermost else decoded(i + 1) + out_ch[i]
             up: list[nn.Module] = [nn.ReLU()]
             if outermost:
                 up += _upsample(args.upsample, up_in, args.out_channels) + [nn.Tanh()]
@@ -68,6 +75,8 @@ class UNetGenerator(nn.Module):
             x = down(self.injector(i, x, z))
         for i in range(self.depth - 1, -1, -1):
             x = self.ups[i](x)
+            if i in self.decoder_point:
+                x = self.injector(self.decoder_point[i], x, z)
             if i > 0:
                 x = torch.cat([x, skips[i]], 1)
         return x

@@ -9,7 +9,8 @@ Observer plugins: :func:`simulate_training` calls their hooks as a training run 
 See docs/plugins.md.
 """
 from bicycle.testing.cases import GeneratorCase, tiny_generator_args
-from bicycle.testing.contract import DEFAULT_POINTS, check_injection_contract, check_injector_standalone
+from bicycle.testing.contract import (DEFAULT_DECODER_POINTS, DEFAULT_POINTS, check_injection_contract,
+                                      check_injector_standalone, default_points)
 from bicycle.testing.dataset import (check_dataset_determinism, check_oracle, check_pair_alignment,
                                      check_pairs_dtype_and_range)
 from bicycle.testing.generator import (check_batch_merge, check_cuda_graph, check_determinism, check_gradient_flow,
@@ -19,10 +20,11 @@ from bicycle.testing.observers import HookCall, simulate_training
 from bicycle.testing.report import CheckResult, CheckSkipped, ConformanceError, Report
 
 __all__ = [
-    "CheckResult", "CheckSkipped", "ConformanceError", "DEFAULT_POINTS", "GeneratorCase", "HookCall", "Report",
+    "CheckResult", "CheckSkipped", "ConformanceError", "DEFAULT_DECODER_POINTS", "DEFAULT_POINTS", "GeneratorCase", "HookCall", "Report",
     "check_backbone", "check_batch_merge", "check_cuda_graph", "check_dataset", "check_dataset_determinism", "check_determinism",
     "check_generator", "check_gradient_flow", "check_injection_contract", "check_injector",
     "check_injector_standalone", "check_oracle", "check_output_shape_and_range", "check_pair_alignment",
-    "check_pairs_dtype_and_range", "check_safetensors_round_trip", "check_z_sensitivity", "default_registry",
+    "check_pairs_dtype_and_range", "check_safetensors_round_trip", "check_z_sensitivity", "default_points",
+    "default_registry",
     "simulate_training", "tiny_generator_args",
 ]

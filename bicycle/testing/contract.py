@@ -5,6 +5,7 @@ injector is driven directly at a set of points, without a backbone.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +19,14 @@ from bicycle.testing.report import ConformanceError
 # Points of a small 5-level U-Net at 32 px (1-channel input): what an injector is driven at by default.
 DEFAULT_POINTS = (InjectionPoint(0, 1, 32, 32), InjectionPoint(1, 8, 16, 16), InjectionPoint(2, 16, 8, 8),
                   InjectionPoint(3, 32, 4, 4), InjectionPoint(4, 64, 2, 2))
+# Its decoder points (levels 4..1, before the skips join), added for an injector that asks for them.
+DEFAULT_DECODER_POINTS = (InjectionPoint(5, 64, 2, 2, True), InjectionPoint(6, 32, 4, 4, True),
+                          InjectionPoint(7, 16, 8, 8, True), InjectionPoint(8, 8, 16, 16, True))
+
+
+def default_points(spec: InjectorSpec) -> tuple[InjectionPoint, ...]:
+    """What ``spec`` is driven at alone: the encoder points, and the decoder points when it asks for them."""
+    return DEFAULT_POINTS + (DEFAULT_DECODER_POINTS if spec.decoder else ())
 
 
 class _SpyInjector(Injector):
@@ -44,7 +53,7 @@ class _SpySpec:
         self.builds: list[tuple[list[InjectionPoint], int, _SpyInjector]] = []
 
     def as_spec(self) -> InjectorSpec:
-        return InjectorSpec(self.spec.name, self._build, self.spec.description)
+        return dataclasses.replace(self.spec, build=self._build)
 
     def _build(self, points: Sequence[InjectionPoint], nz: int) -> _SpyInjector:
         spy = _SpyInjector(self.spec.build(points, nz))
@@ -53,8 +62,9 @@ class _SpySpec:
 
 
 def check_injection_contract(case: GeneratorCase) -> str:
-    """The backbone builds the injector once, declares point 0 as its input A, registers the injector as
-    a submodule, and in forward calls it exactly once per declared point with x of the declared shape."""
+    """The backbone builds the injector once, declares point 0 as its input A, declares decoder points (after
+    the encoder ones) exactly when the injector asks for them, registers the injector as a submodule, and in
+    forward calls it exactly once per declared point with x of the declared shape."""
     spy = _SpySpec(case.injector)
     g = case.build(injector=spy.as_spec()).eval()
     who = case.subject
@@ -65,6 +75,13 @@ def check_injection_contract(case: GeneratorCase) -> str:
         raise ConformanceError(f"{who}: injector built with nz={nz}, expected {case.args.nz}")
     if [p.index for p in points] != list(range(len(points))) or not points:
         raise ConformanceError(f"{who}: injection points must be indexed 0..k-1 in order, got {[p.index for p in points]}")
+    decoder = [p.decoder for p in points]
+    if case.injector.decoder and not any(decoder):
+        raise ConformanceError(f"{who}: injector {case.injector.name!r} asks for decoder points and none were declared")
+    if not case.injector.decoder and any(decoder):
+        raise ConformanceError(f"{who}: decoder points were declared to an injector that did not ask for them")
+    if decoder != sorted(decoder) or decoder[0]:
+        raise ConformanceError(f"{who}: decoder points must follow the encoder points, got {points}")
     s = case.args.image_size
     if (points[0].channels, points[0].height, points[0].width) != (case.args.in_channels, s, s):
         raise ConformanceError(f"{who}: point 0 must be the network input [{case.args.in_channels}, {s}, {s}], got {points[0]}")
@@ -100,11 +117,12 @@ def _drive(inj: Injector, points: Sequence[InjectionPoint], z: Tensor, seed: int
     return [inj(p.index, torch.randn(z.shape[0], p.channels, p.height, p.width, generator=g), z) for p in points]
 
 
-def check_injector_standalone(spec: InjectorSpec, points: Sequence[InjectionPoint] = DEFAULT_POINTS, nz: int = 8,
+def check_injector_standalone(spec: InjectorSpec, points: Sequence[InjectionPoint] | None = None, nz: int = 8,
                               batch: int = 2) -> str:
-    """Driven directly at ``points``: output [N, channels_after(i), H_i, W_i] at every point, z matters at
+    """Driven directly at ``points`` (default :func:`default_points`): output [N, channels_after(i), H_i, W_i] at every point, z matters at
     some point, every parameter gets a gradient, safetensors round trip and seeded builds are exact."""
     who = f"injector {spec.name!r}"
+    points = default_points(spec) if points is None else points
     inj = _build_injector(spec, points, nz, 0).train()
     z = torch.randn(batch, nz, generator=torch.Generator().manual_seed(1), requires_grad=True)
     outs = _drive(inj, points, z)

@@ -7,13 +7,14 @@ from collections.abc import Iterable, Sequence
 from bicycle.data.base import DatasetRequest
 from bicycle.registry import BackboneSpec, DatasetSpec, GeneratorArgs, InjectionPoint, InjectorSpec, Registry
 from bicycle.testing.cases import GeneratorCase, tiny_generator_args
-from bicycle.testing.contract import DEFAULT_POINTS, check_injection_contract, check_injector_standalone
+from bicycle.testing.contract import check_injection_contract, check_injector_standalone
 from bicycle.testing.dataset import (build_dataset, check_dataset_determinism, check_oracle, check_pair_alignment,
                                      check_pairs_dtype_and_range)
 from bicycle.testing.generator import GENERATOR_CHECKS
-from bicycle.testing.report import ConformanceError, Report
+from bicycle.testing.report import CheckSkipped, ConformanceError, Report
 
 BUILTIN_INJECTORS = ("input", "all")
+BUILTIN_DECODER_INJECTORS = ("all-film",)  # checked too with a backbone that offers decoder points
 BUILTIN_BACKBONE = "unet"
 
 
@@ -35,20 +36,27 @@ def check_generator(backbone: BackboneSpec, injector: InjectorSpec, args: Genera
         raise ConformanceError(f"backbone {backbone.name!r} refuses the test size {args.image_size}: {problem}; "
                                "pass GeneratorArgs with a size it supports")
     checks = {**GENERATOR_CHECKS, "injection_contract": check_injection_contract}
+    unfit = injector.decoder and not backbone.decoder_points
+
+    def refused(case: GeneratorCase) -> str:
+        raise CheckSkipped(f"injector {injector.name!r} needs decoder points, which backbone {backbone.name!r} does "
+                           "not offer (bicycle refuses the pair)")
+
     for name, fn in checks.items():
         if name not in set(skip):
-            report.run(name, case.subject, lambda fn=fn: fn(case))
+            report.run(name, case.subject, lambda fn=refused if unfit else fn: fn(case))
     return report
 
 
 def check_backbone(backbone: BackboneSpec, injectors: Sequence[InjectorSpec] | None = None,
                    args: GeneratorArgs | None = None, *, registry: Registry | None = None,
                    skip: Iterable[str] = ()) -> Report:
-    """The generator checks with each of ``injectors`` (default: the built-in "input" and "all"), plus
-    the backbone's size declarations."""
+    """The generator checks with each of ``injectors`` (default: the built-in "input" and "all", and "all-film"
+    when the backbone offers decoder points), plus the backbone's size declarations."""
     if injectors is None:
         reg = registry or default_registry()
-        injectors = [reg.injector(n) for n in BUILTIN_INJECTORS]
+        names = BUILTIN_INJECTORS + (BUILTIN_DECODER_INJECTORS if backbone.decoder_points else ())
+        injectors = [reg.injector(n) for n in names]
     args = args or tiny_generator_args()
     report = Report()
 
@@ -68,9 +76,10 @@ def check_backbone(backbone: BackboneSpec, injectors: Sequence[InjectorSpec] | N
 
 
 def check_injector(injector: InjectorSpec, backbones: Sequence[BackboneSpec] | None = None,
-                   args: GeneratorArgs | None = None, *, points: Sequence[InjectionPoint] = DEFAULT_POINTS,
+                   args: GeneratorArgs | None = None, *, points: Sequence[InjectionPoint] | None = None,
                    nz: int = 8, registry: Registry | None = None, skip: Iterable[str] = ()) -> Report:
-    """The injector driven alone at ``points``, then the generator checks inside each of ``backbones``
+    """The injector driven alone at ``points`` (default: a 5-level U-Net's, with its decoder points when the
+    injector asks for them), then the generator checks inside each of ``backbones``
     (default: the built-in "unet")."""
     if backbones is None:
         backbones = [(registry or default_registry()).backbone(BUILTIN_BACKBONE)]
