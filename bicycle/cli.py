@@ -146,7 +146,7 @@ def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Pa
 
 
 def _new_config(preset: str, flags: dict, registry):
-    from bicycle.config import preset_config, validate
+    from bicycle.config import PRESETS, preset_config, validate
 
     overrides = {_TRAIN_KEYS[k]: v for k, v in flags.items() if v is not None}
     backbone = overrides.get("net.backbone")
@@ -154,7 +154,8 @@ def _new_config(preset: str, flags: dict, registry):
         implied = registry.backbone(backbone).default_image_size
         if implied:
             overrides["net.image_size"] = implied
-    return validate(preset_config(preset, overrides))
+    spec = registry.backbone(backbone or PRESETS[preset].net.backbone)
+    return validate(preset_config(preset, overrides, decoder_points=spec.decoder_points))
 
 
 def _resumed_config(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path, stored, flags: dict):

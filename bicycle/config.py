@@ -199,7 +199,8 @@ PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128"
 # 128 px, the original's 128-px discriminator (2 layers): a 128-px step costs a fifth of one at the 32-px recipe's
 # batch 8 and widths 32, so the same minutes buy 5x the updates. Chosen on shapes-unequal and shapes-outline-big at
 # 128 px (benchmarks/README.md, "Defaults on unseen data").
-DEMO_LARGER: dict[str, Any] = {"train.batch_size": 2, "loss.kl": 0.01, "net.ngf": 16, "net.nef": 16, "net.ndf": 16}
+DEMO_LARGER: dict[str, Any] = {"train.batch_size": 2, "loss.kl": 0.01, "net.ngf": 16, "net.nef": 16, "net.ndf": 16,
+                               "net.inject": "all-film"}
 DEMO_LARGER_SMALL_D = 128  # up to this size the demo's D is the original's 128-px one (its stride-2 layers)
 DEMO_STEPS_128 = 4500
 
@@ -214,18 +215,21 @@ def demo_steps(image_size: int) -> int:
     return max(10, min(5000, int(round(DEMO_STEPS_128 * (128 / image_size) ** 2 / 10)) * 10))
 
 
-def preset_config(name: str, overrides: dict[str, Any]) -> RunConfig:
+def preset_config(name: str, overrides: dict[str, Any], *, decoder_points: bool = True) -> RunConfig:
     """A preset with ``overrides``; the ``paper`` preset at 128 px takes the original's 128-px recipe
     (:data:`PAPER_SIZE_RECIPES`) for every key the overrides leave out; the ``demo`` preset above 32 px takes
     :data:`DEMO_LARGER` (and a 2-layer D up to :data:`DEMO_LARGER_SMALL_D` px) for every key the overrides leave
     out, and a length that follows the image size (:func:`demo_steps`) unless ``train.steps`` is given, with a
-    sample grid and a checkpoint every tenth of the run."""
+    sample grid and a checkpoint every tenth of the run. ``decoder_points``: whether the run's backbone offers
+    decoder injection points; without them the demo keeps the preset's concatenating injector."""
     cfg = replace(PRESETS[name], overrides)
     extra: dict[str, Any] = {}
     if name == "paper":
         extra = dict(PAPER_SIZE_RECIPES.get(cfg.net.image_size, {}))
     elif name == "demo" and cfg.net.image_size > 32:
         extra = dict(DEMO_LARGER)
+        if not decoder_points:
+            del extra["net.inject"]
         if cfg.net.image_size <= DEMO_LARGER_SMALL_D:
             extra["net.d_layers"] = PAPER_SIZE_RECIPES[DEMO_LARGER_SMALL_D]["net.d_layers"]
         if overrides.get("train.steps") is None:

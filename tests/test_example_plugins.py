@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
 import subprocess
 import sys
@@ -79,6 +80,16 @@ def test_a_decoder_injector_with_a_backbone_without_decoder_points_is_refused_in
     assert ("injector 'all-film' needs a backbone with decoder injection points; backbone 'resnet6' offers none "
             "(use --inject all, or a backbone among unet, unet128, unet256)") in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_demo_above_32_px_keeps_concatenation_for_a_backbone_without_decoder_points(examples):
+    def inject(*args: str) -> str:
+        result = CliRunner().invoke(main, ["train", "--dry-run", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output[result.output.index("{"):])["net"]["inject"]
+
+    assert inject("--backbone", "resnet6", "--image-size", "64") == "all"
+    assert inject("--backbone", "unet", "--image-size", "64") == "all-film"
 
 
 def tensorboard(run_dir: Path) -> EventAccumulator:
