@@ -47,7 +47,7 @@ _TRAIN_KEYS = {
 @click.option("--data", help="dataset name (see `bicycle plugins`) or a folder (pix2pix layout); an existing path wins")
 @click.option("--model", type=click.Choice(["bicycle", "pix2pix", "cae-gan", "cvae-gan", "clr-gan"]))
 @click.option("--backbone", help="generator backbone, e.g. unet, unet128, unet256")
-@click.option("--inject", help="z-injection strategy, e.g. input, all")
+@click.option("--inject", help="z-injection strategy: input, all, all-film (z also in the decoder), or a plugin's (bicycle plugins)")
 @click.option("--encoder", type=click.Choice(["resnet", "conv"]))
 @click.option("--nz", type=int, help="latent code size (8)")
 @click.option("--image-size", type=int, help="square image size in px (>= 32)")
