@@ -148,28 +148,20 @@ def test_kit_skips_a_decoder_injector_in_a_backbone_without_decoder_points(bicyc
     assert "does not offer" in report.results[0].detail
 
 
-def test_kit_catches_decoder_points_declared_to_an_injector_that_did_not_ask(bicycle_registry, one_torch_thread):
+@pytest.mark.parametrize("injector, declares, message", [
+    ("all", True, "did not ask for them"),         # decoder points forced on an injector that did not ask
+    ("all-film", False, "none were declared"),     # a decoder request ignored
+])
+def test_kit_catches_a_backbone_that_gets_decoder_points_wrong(bicycle_registry, one_torch_thread, injector, declares,
+                                                               message):
     from bicycle.nn.unet import UNetGenerator
 
-    def pushy(args, inj):  # declares decoder points whatever the injector says
-        return UNetGenerator(args, dataclasses.replace(inj, decoder=True), 5)
+    def wrong(args, inj):
+        return UNetGenerator(args, dataclasses.replace(inj, decoder=declares), 5)
 
-    report = check_generator(BackboneSpec("pushy", pushy, lambda s: None, decoder_points=True),
-                             bicycle_registry.injector("all"), tiny_generator_args())
-    failed = {r.check: r.detail for r in report.failures}
-    assert "did not ask for them" in failed["injection_contract"]
-
-
-def test_kit_catches_a_backbone_that_ignores_a_decoder_request(bicycle_registry, one_torch_thread):
-    from bicycle.nn.unet import UNetGenerator
-
-    def deaf(args, inj):
-        return UNetGenerator(args, dataclasses.replace(inj, decoder=False), 5)
-
-    report = check_generator(BackboneSpec("deafdec", deaf, lambda s: None, decoder_points=True),
-                             bicycle_registry.injector("all-film"), tiny_generator_args())
-    failed = {r.check: r.detail for r in report.failures}
-    assert "none were declared" in failed["injection_contract"]
+    report = check_generator(BackboneSpec("wrong", wrong, lambda s: None, decoder_points=True),
+                             bicycle_registry.injector(injector), tiny_generator_args())
+    assert message in {r.check: r.detail for r in report.failures}["injection_contract"]
 
 
 def test_kit_catches_an_injector_that_ignores_z(bicycle_registry, one_torch_thread):
