@@ -10,9 +10,15 @@ For a run on a ``shapes`` variant (modes = fill x background), per attribute:
   ``truth_histogram``.
 
 Also per code dimension: the median sigma, the spread (std) of mu, and the share of mu's variance the fill
-explains. Chance is 1 / (number of values). Not a CI test.
+explains; and ``fill_lines``: whether G has a region for each fill anywhere near the encoder's codes. For each
+fill f, the first 50 val codes are moved to the commonest fill's class mean (each keeps its offset from its own
+fill's mean) and then t * (m_f - m_common) along the line to f's class mean, t in :data:`LINE_T`; the fills G draws
+there (a histogram per t; t = 1 is f's own mean). Chance is 1 / (number of values). Not a CI test.
 
-    python benchmarks/attribute_probe.py RUN_DIR [--train 600] [--val 300] [--json OUT]
+Several checkpoints (e.g. a run trained with ``--keep-checkpoints 10``) give the run's trajectory: one result per
+checkpoint, in the order given (``--json`` then writes a list).
+
+    python benchmarks/attribute_probe.py RUN_DIR_OR_CHECKPOINT... [--train 600] [--val 300] [--json OUT]
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ from bicycle.data.shape_variants import VARIANTS, ShapeVariantDataset
 from bicycle.loading import load_model
 
 BATCH = 50
+LINE_T = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+LINE_INPUTS = 50
 
 
 def knn_accuracy(train_codes: Tensor, train_labels: Tensor, val_codes: Tensor, val_labels: Tensor, k: int = 5) -> float:
@@ -86,23 +94,51 @@ def probe(run: Path, n_train: int = 600, n_val: int = 300, seed: int = 0) -> dic
         "mu_std": vmu.std(0).tolist(),
         "fill_share_of_mu_variance": (fill_means[vfill].var(0) / vmu.var(0)).tolist(),
     }
+    result["fill_lines"] = fill_lines(nets.G, val, va, vmu, vfill, fill_means)
     return result
+
+
+@torch.no_grad()
+def fill_lines(G, val: ShapeVariantDataset, va: Tensor, vmu: Tensor, vfill: Tensor, fill_means: Tensor) -> dict:
+    """va [V, Ca, S, S], vmu [V, nz], vfill [V], fill_means [F, nz] -> {"from": the commonest fill, "t": LINE_T,
+    "drawn": {f: [histogram of the fills G drew, per t]}} (see the module docstring); a fill no val code has
+    is left out."""
+    n = min(LINE_INPUTS, len(vmu))
+    common = int(torch.bincount(vfill, minlength=len(fill_means)).argmax())
+    at_common = vmu[:n] - fill_means[vfill[:n]] + fill_means[common]
+    drawn: dict[str, list[list[int]]] = {}
+    for f in range(len(fill_means)):
+        if torch.isnan(fill_means[f]).any():  # no val code has this fill
+            continue
+        row = []
+        for t in LINE_T:
+            modes = val.mode_of(va[:n], G(va[:n], at_common + t * (fill_means[f] - fill_means[common])))
+            row.append(torch.bincount(modes[modes >= 0] // len(val.backgrounds), minlength=len(fill_means)).tolist())
+        drawn[str(f)] = row
+    return {"from": common, "t": list(LINE_T), "drawn": drawn}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="a run directory or checkpoint trained on a shapes variant")
+    p.add_argument("run", type=Path, nargs="+", help="run directories or checkpoints trained on a shapes variant")
     p.add_argument("--train", type=int, default=600, help="train images encoded as the probe's references")
     p.add_argument("--val", type=int, default=300, help="val images probed")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled codes' noise")
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
-    r = probe(args.run, args.train, args.val, args.seed)
-    for name, a in r["attributes"].items():
-        print(f"{name:10s} chance {a['chance']:.2f}  E mean {a['mean_knn']:.3f}  sampled code {a['sampled_knn']:.3f}  "
-              f"G(A, mu) {a['decoded']:.3f}  drawn {a['decoded_histogram']} truth {a['truth_histogram']}")
+    results = []
+    for run in args.run:
+        r = probe(run, args.train, args.val, args.seed)
+        results.append(r)
+        for name, a in r["attributes"].items():
+            print(f"step {r['step']:>7d}  {name:10s} chance {a['chance']:.2f}  E mean {a['mean_knn']:.3f}  "
+                  f"sampled code {a['sampled_knn']:.3f}  G(A, mu) {a['decoded']:.3f}  drawn {a['decoded_histogram']} "
+                  f"truth {a['truth_histogram']}")
+        lines = r["fill_lines"]
+        print(f"step {r['step']:>7d}  G draws fill f on the line from fill {lines['from']}'s mean to f's, t = "
+              f"{lines['t']}: " + "; ".join(f"{f}: {[h[int(f)] for h in row]}" for f, row in lines["drawn"].items()))
     if args.json:
-        args.json.write_text(json.dumps(r, indent=1) + "\n")
+        args.json.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=1) + "\n")
     return 0
 
 

@@ -37,6 +37,7 @@ _TRAIN_KEYS = {
     "load_size": "data.load_size", "flip": "data.flip", "lr": "optim.lr", "lr_d": "optim.lr_d", "lambda_l1": "loss.l1",
     "lambda_kl": "loss.kl", "kl_warmup": "loss.kl_warmup", "lambda_z": "loss.z", "log_every": "train.log_every",
     "sample_every": "train.sample_every", "checkpoint_every": "train.checkpoint_every",
+    "keep_checkpoints": "train.keep_checkpoints",
     "cuda_graphs": "train.cuda_graphs", "precision": "train.precision", "compile": "train.compile",
     "bad_images": "data.bad_images", "kl_free_bits": "loss.kl_free_bits", "d_layers": "net.d_layers",
     "d_scales": "net.d_scales",
@@ -85,6 +86,7 @@ _TRAIN_KEYS = {
 @click.option("--log-every", type=int)
 @click.option("--sample-every", type=int)
 @click.option("--checkpoint-every", type=int)
+@click.option("--keep-checkpoints", type=int, help="how many of the newest checkpoints a run keeps (3)")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=None,
               help="replay each iteration from a CUDA graph (default: on for CUDA devices, eager on CPU)")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="bf16: autocast + channels_last (opt-in)")

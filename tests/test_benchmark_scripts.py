@@ -68,10 +68,11 @@ def test_the_attribute_probe_reads_a_code_that_carries_the_label_and_not_one_tha
     assert knn(noise(400), labels, noise(200), val_labels) < 0.45  # chance 0.25
 
 
-def test_the_attribute_probe_runs_on_a_trained_variant_run(tmp_path):
+def test_the_attribute_probe_runs_on_a_trained_variant_run_and_on_its_trajectory(tmp_path):
     run = tmp_path / "run"
     train = subprocess.run([sys.executable, "-m", "bicycle", "train", "--data", "shapes-outline-big", "--steps", "2",
-                            "--run-dir", str(run)], capture_output=True, text=True, timeout=600)
+                            "--checkpoint-every", "1", "--keep-checkpoints", "2", "--run-dir", str(run)],
+                           capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-2000:]
     out = tmp_path / "probe.json"
     done = subprocess.run([sys.executable, str(BENCH / "attribute_probe.py"), str(run), "--train", "40", "--val", "20",
@@ -84,3 +85,13 @@ def test_the_attribute_probe_runs_on_a_trained_variant_run(tmp_path):
         assert all(0.0 <= a[k] <= 1.0 for k in ("mean_knn", "sampled_knn", "decoded"))
     assert len(r["dimensions"]["sigma_median"]) == 8
     assert "fill" in done.stdout and "background" in done.stdout
+    lines = r["fill_lines"]
+    present = {str(f) for f, n in enumerate(r["attributes"]["fill"]["truth_histogram"]) if n}
+    assert set(lines["drawn"]) == present and lines["from"] in {int(f) for f in present}
+    assert all(len(row) == len(lines["t"]) and all(sum(h) <= 20 for h in row) for row in lines["drawn"].values())
+    ckpts = sorted((run / "checkpoints").glob("step_*.safetensors"))
+    assert len(ckpts) == 2
+    both = subprocess.run([sys.executable, str(BENCH / "attribute_probe.py"), *map(str, ckpts), "--train", "40",
+                           "--val", "20", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert both.returncode == 0, both.stderr[-2000:]
+    assert [t["step"] for t in json.loads(out.read_text())] == [1, 2]

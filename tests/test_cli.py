@@ -58,11 +58,23 @@ def test_dry_run_prints_the_resolved_config():
     (["--data", "no_such_dataset"], "unknown dataset 'no_such_dataset'"),
     (["--data", "./missing/folder"], "does not exist"),
     (["--batch-size", "3"], "must be even"),
+    (["--keep-checkpoints", "0"], "train.keep_checkpoints must be at least 1, got 0"),
 ])
 def test_usage_errors_are_one_clear_line_and_exit_2(args, message):
     result = CliRunner().invoke(main, ["train", "--dry-run", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_keep_checkpoints_keeps_that_many_of_the_newest(tmp_path):
+    run = tmp_path / "run"
+    flags = list(TINY)
+    flags[flags.index("--steps") + 1] = "6"
+    flags[flags.index("--checkpoint-every") + 1] = "1"
+    result = invoke("train", *flags, "--keep-checkpoints", "5", "--run-dir", str(run))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*.safetensors")) == [
+        f"step_{s:08d}.safetensors" for s in range(2, 7)]
 
 
 def test_a_bad_folder_fails_before_training(tmp_path):
