@@ -39,7 +39,7 @@ _TRAIN_KEYS = {
     "sample_every": "train.sample_every", "checkpoint_every": "train.checkpoint_every",
     "keep_checkpoints": "train.keep_checkpoints",
     "cuda_graphs": "train.cuda_graphs", "precision": "train.precision", "compile": "train.compile",
-    "bad_images": "data.bad_images", "kl_free_bits": "loss.kl_free_bits", "d_layers": "net.d_layers",
+    "bad_images": "data.bad_images", "kl_free_bits": "loss.kl_free_bits", "lambda_ms": "loss.mode_seeking", "d_layers": "net.d_layers",
     "d_scales": "net.d_scales",
 }
 
@@ -83,6 +83,7 @@ _TRAIN_KEYS = {
 @click.option("--kl-warmup", type=float, help="ramp lambda_KL up linearly over this fraction of the steps (0: constant, as the paper)")
 @click.option("--lambda-z", type=float)
 @click.option("--kl-free-bits", type=float, help="floor, in nats, on each dimension's batch-mean KL (free bits; 0: off)")
+@click.option("--lambda-ms", type=float, help="mode seeking (MSGAN): push G(A, z_rand) away from G(A, z_enc) (0: off, as the paper)")
 @click.option("--log-every", type=int)
 @click.option("--sample-every", type=int)
 @click.option("--checkpoint-every", type=int)

@@ -63,6 +63,9 @@ class LossWeights:
     # "free bits" (Kingma et al., 2016): each dimension's batch-mean KL is floored at this many nats before the
     # sum over dimensions (and the batch) is restored; 0: off, as the paper
     kl_free_bits: float = 0.0
+    # mode seeking (Mao et al., 2019, MSGAN): lambda_ms / (|G(A, z_rand) - G(A, z_enc)|_1 / |z_rand - z_enc|_1 + 1e-5),
+    # on the random branch only (the encoded output and code detached); bicycle model only; 0: off, as the paper
+    mode_seeking: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,9 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"train.batch_size must be even, got {t.batch_size}")
     if d.load_size is not None and d.load_size < n.image_size:
         raise ConfigError(f"data.load_size ({d.load_size}) must be at least the image size ({n.image_size})")
+    if cfg.loss.mode_seeking > 0 and t.model != "bicycle":
+        raise ConfigError(f"loss.mode_seeking compares the encoded and random-z outputs of the bicycle model; "
+                          f"model {t.model!r} has no such pair")
     if not 0.0 <= cfg.loss.kl_warmup <= 1.0:
         raise ConfigError(f"loss.kl_warmup must be within [0, 1] (a fraction of the steps), got {cfg.loss.kl_warmup}")
     if not 0.0 <= o.decay_start <= 1.0:

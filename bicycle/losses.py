@@ -124,7 +124,16 @@ def bicycle_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s
     z_l1 = w.z * l1(mu2, noise["z"])
     loss = g_gan + g_gan2 + g_l1 + kl + z_l1
     metrics = {"G_GAN": g_gan, "G_GAN2": g_gan2, "G_L1": g_l1, "kl": kl, "z_L1": z_l1}
+    if w.mode_seeking > 0:
+        metrics["ms"] = w.mode_seeking * mode_seeking(fake_rand, fake_enc.detach(), noise["z"], z_enc.detach())
+        loss = loss + metrics["ms"]
     return GELosses(loss, metrics, [("D", fake_enc, b1), ("D2", fake_rand, b2)])
+
+
+def mode_seeking(out1: Tensor, out2: Tensor, z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
+    """MSGAN's term (Mao et al., 2019): out [n, C, S, S], z [n, nz] -> 1 / (mean|out1 - out2| / mean|z1 - z2| + eps),
+    small when the outputs differ as much as their codes; minimising it pushes G to follow z where it does not."""
+    return 1.0 / (torch.mean(torch.abs(out1 - out2)) / torch.mean(torch.abs(z1 - z2)) + eps)
 
 
 def _gan_l1(nets: Nets, fake: Tensor, b: Tensor, s: LossSetup) -> tuple[Tensor, Tensor]:
