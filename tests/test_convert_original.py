@@ -22,7 +22,11 @@ if "convert-original" not in main.commands:
     main.add_command(convert_original)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "original"
-TOL = 1e-5
+# The fixtures' outputs were computed by the original's code on one CPU; on another the original's own outputs
+# differ from them by up to 4.3e-5 (g_unet_256_all_bilinear: ngf 1, so instance norms over single channels amplify
+# float-order rounding), while ours equal the original's bit for bit on the same machine (measured 2026-12-02 by
+# rerunning benchmarks/original_fixtures.py). A layout or mapping error moves the outputs by ~0.1.
+TOL = 1e-4
 G_FIXTURES = [f"g_{n}_{w}_{u}" for n in ("unet_128", "unet_256") for w in ("input", "all") for u in ("basic", "bilinear")]
 
 
