@@ -12,6 +12,8 @@ bicycle    fake_enc = G(A1, z_enc), fake_rand = G(A1, z_rand)   (both conditione
            G and E:  lambda_GAN L_GAN(D, fake_enc) + lambda_GAN2 L_GAN(D2, fake_rand)
                      + lambda_L1 L_1(fake_enc, B1) + lambda_KL L_KL
            G only:   lambda_z L_1(mu(E(fake_rand)), z_rand)        (E frozen in that branch)
+                     [+ lambda_ms / (L_1(fake_rand, fake_enc) / L_1(z_rand, z_enc) + 1e-5), fake_enc and z_enc
+                      detached: mode seeking, MSGAN; only with --lambda-ms, off as the paper]
            D on (fake_enc, B1); D2 on (fake_rand, B2).
 pix2pix    pix2pix + noise: fake = G(A, z_rand). G: lambda_GAN L_GAN(D, fake) + lambda_L1 L_1(fake, B). No E.
 cae-gan    z = mu(E(B)) (no sampling, no KL); fake = G(A, z). G and E: lambda_GAN L_GAN(D, fake) + lambda_L1 L_1(fake, B).
