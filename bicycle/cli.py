@@ -35,6 +35,7 @@ _TRAIN_KEYS = {
     "norm": "net.norm", "upsample": "net.upsample", "ngf": "net.ngf", "nef": "net.nef", "ndf": "net.ndf",
     "dropout": "net.dropout", "gan_mode": "net.gan_mode", "direction": "data.direction",
     "load_size": "data.load_size", "flip": "data.flip", "lr": "optim.lr", "lr_d": "optim.lr_d", "lambda_l1": "loss.l1",
+    "lambda_gan": "loss.gan", "lambda_gan2": "loss.gan2",
     "lambda_kl": "loss.kl", "kl_warmup": "loss.kl_warmup", "lambda_z": "loss.z", "log_every": "train.log_every",
     "sample_every": "train.sample_every", "checkpoint_every": "train.checkpoint_every",
     "keep_checkpoints": "train.keep_checkpoints",
@@ -79,6 +80,8 @@ _TRAIN_KEYS = {
 @click.option("--lr", type=float)
 @click.option("--lr-d", type=float, help="learning rate of D and D2 (default: --lr)")
 @click.option("--lambda-l1", type=float)
+@click.option("--lambda-gan", type=float, help="weight of the encoded branch's GAN loss (D; 1)")
+@click.option("--lambda-gan2", type=float, help="weight of the random-z branch's GAN loss (D2; 1)")
 @click.option("--lambda-kl", type=float)
 @click.option("--kl-warmup", type=float, help="ramp lambda_KL up linearly over this fraction of the steps (0: constant, as the paper)")
 @click.option("--lambda-z", type=float)

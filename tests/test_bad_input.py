@@ -51,6 +51,8 @@ FLAGS = [
     (["--lr", "-1"], "optim.lr must be positive"),
     (["--lr-d", "0"], "optim.lr_d must be positive"),
     (["--lambda-l1", "-1"], "loss.l1 must not be negative"),
+    (["--lambda-gan", "-1"], "loss.gan must not be negative"),
+    (["--lambda-gan2", "nan"], "loss.gan2 must be a finite number"),
     (["--lambda-kl", "inf"], "loss.kl must be a finite number"),
     (["--lambda-z", "nan"], "loss.z must be a finite number"),
     (["--kl-warmup", "2"], "loss.kl_warmup must be within"),

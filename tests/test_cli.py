@@ -50,6 +50,12 @@ def test_dry_run_prints_the_resolved_config():
     assert (cfg["optim"]["lr"], cfg["loss"]["l1"], cfg["loss"]["kl"], cfg["loss"]["z"]) == (2e-4, 10.0, 0.01, 0.5)
 
 
+def test_gan_weights_have_flags():
+    cfg = invoke("train", "--dry-run", "--lambda-gan", "0.5", "--lambda-gan2", "0.25").output
+    loss = json.loads(cfg[cfg.index("{"):])["loss"]
+    assert (loss["gan"], loss["gan2"]) == (0.5, 0.25)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--backbone", "unet25"], "unknown backbone 'unet25' (did you mean 'unet256'?)"),
     (["--inject", "everywhere"], "unknown injector 'everywhere'"),
