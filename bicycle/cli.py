@@ -34,7 +34,7 @@ _TRAIN_KEYS = {
     "steps": "train.steps", "seed": "train.seed", "device": "train.device", "impl": "train.impl",
     "norm": "net.norm", "upsample": "net.upsample", "ngf": "net.ngf", "nef": "net.nef", "ndf": "net.ndf",
     "dropout": "net.dropout", "gan_mode": "net.gan_mode", "direction": "data.direction",
-    "load_size": "data.load_size", "flip": "data.flip", "lr": "optim.lr", "lr_d": "optim.lr_d", "lambda_l1": "loss.l1",
+    "load_size": "data.load_size", "flip": "data.flip", "lr": "optim.lr", "lr_d": "optim.lr_d", "decay_start": "optim.decay_start", "lambda_l1": "loss.l1",
     "lambda_gan": "loss.gan", "lambda_gan2": "loss.gan2",
     "lambda_kl": "loss.kl", "kl_warmup": "loss.kl_warmup", "lambda_z": "loss.z", "log_every": "train.log_every",
     "sample_every": "train.sample_every", "checkpoint_every": "train.checkpoint_every",
@@ -79,6 +79,7 @@ _TRAIN_KEYS = {
               help="files the start-up check cannot decode: error (default) names them and stops; skip trains without them, listed in RUN/bad_images.txt")
 @click.option("--lr", type=float)
 @click.option("--lr-d", type=float, help="learning rate of D and D2 (default: --lr)")
+@click.option("--decay-start", type=float, help="fraction of the steps after which the LR decays linearly to 0 (0.5)")
 @click.option("--lambda-l1", type=float)
 @click.option("--lambda-gan", type=float, help="weight of the encoded branch's GAN loss (D; 1)")
 @click.option("--lambda-gan2", type=float, help="weight of the random-z branch's GAN loss (D2; 1)")

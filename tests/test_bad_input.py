@@ -53,6 +53,7 @@ FLAGS = [
     (["--lambda-l1", "-1"], "loss.l1 must not be negative"),
     (["--lambda-gan", "-1"], "loss.gan must not be negative"),
     (["--lambda-gan2", "nan"], "loss.gan2 must be a finite number"),
+    (["--decay-start", "1.5"], "optim.decay_start must be within [0, 1]"),
     (["--lambda-kl", "inf"], "loss.kl must be a finite number"),
     (["--lambda-z", "nan"], "loss.z must be a finite number"),
     (["--kl-warmup", "2"], "loss.kl_warmup must be within"),

@@ -95,3 +95,29 @@ def test_the_attribute_probe_runs_on_a_trained_variant_run_and_on_its_trajectory
                            "--val", "20", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert both.returncode == 0, both.stderr[-2000:]
     assert [t["step"] for t in json.loads(out.read_text())] == [1, 2]
+
+
+def test_the_oracle_code_is_one_hot_fill_then_background_and_the_script_trains_each_network(tmp_path):
+    import importlib.util
+
+    import torch
+
+    from bicycle.data.shape_variants import ShapeVariantDataset
+    spec = importlib.util.spec_from_file_location("oracle_code", BENCH / "oracle_code.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ds = ShapeVariantDataset("shapes-unequal", 32, "val", 0, length=20)
+    z = mod.oracle_codes(ds, list(range(20)), 8)
+    fills = torch.tensor([int(ds.params(i)["fill"]) for i in range(20)])
+    bgs = torch.tensor([int(ds.params(i)["background"]) for i in range(20)])
+    assert torch.equal(z[:, :4].argmax(1), fills) and torch.equal(z[:, 4:7].argmax(1), bgs)
+    assert torch.equal(z.sum(1), torch.full((20,), 2.0)) and not z[:, 7].any()
+    out = tmp_path / "oracle.json"
+    done = subprocess.run([sys.executable, str(BENCH / "oracle_code.py"), "--data", "shapes-unequal", "--image-size",
+                           "32", "--steps", "2", "--checks", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["net"], r["step"]) for r in results] == [("g", 1), ("g", 2), ("e", 1), ("e", 2)]
+    assert all(0.0 <= r["fill"] <= 1.0 and 0.0 <= r["background"] <= 1.0 for r in results)
+    assert sum(results[0]["fills_drawn"]) <= 200

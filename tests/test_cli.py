@@ -50,10 +50,10 @@ def test_dry_run_prints_the_resolved_config():
     assert (cfg["optim"]["lr"], cfg["loss"]["l1"], cfg["loss"]["kl"], cfg["loss"]["z"]) == (2e-4, 10.0, 0.01, 0.5)
 
 
-def test_gan_weights_have_flags():
-    cfg = invoke("train", "--dry-run", "--lambda-gan", "0.5", "--lambda-gan2", "0.25").output
-    loss = json.loads(cfg[cfg.index("{"):])["loss"]
-    assert (loss["gan"], loss["gan2"]) == (0.5, 0.25)
+def test_gan_weights_and_the_lr_decay_start_have_flags():
+    out = invoke("train", "--dry-run", "--lambda-gan", "0.5", "--lambda-gan2", "0.25", "--decay-start", "0.8").output
+    cfg = json.loads(out[out.index("{"):])
+    assert (cfg["loss"]["gan"], cfg["loss"]["gan2"], cfg["optim"]["decay_start"]) == (0.5, 0.25, 0.8)
 
 
 @pytest.mark.parametrize("args,message", [
