@@ -12,7 +12,7 @@ few hundred updates and E takes many more, the code, not the generator, is the s
 (benchmarks/README.md, "Which values G loses, and when"). Not a CI test.
 
     python benchmarks/oracle_code.py --data shapes-unequal [--image-size 128] [--nets g e] [--batch 1]
-        [--steps 900] [--checks 4] [--inject NAME] [--json OUT]
+        [--steps 900] [--checks 4] [--inject NAME] [--beta1 B] [--json OUT]
 """
 from __future__ import annotations
 
@@ -74,13 +74,13 @@ def check_e(E: torch.nn.Module, val: ShapeVariantDataset) -> dict:
 
 
 def train_alone(net: str, data: str, size: int, batch: int, steps: int, checks: int, seed: int,
-                inject: str | None = None) -> list[dict]:
-    """Train G (``net`` = "g") or E ("e") of the demo recipe (``inject``: another injector) alone; the checks'
-    results in order."""
+                inject: str | None = None, beta1: float | None = None) -> list[dict]:
+    """Train G (``net`` = "g") or E ("e") of the demo recipe (``inject``: another injector, ``beta1``: another
+    Adam beta1) alone; the checks' results in order."""
     plugins = get_plugins()
     backbone = f"unet{size}" if size in (128, 256) else "unet"
     cfg = preset_config("demo", {"data.data": data, "net.image_size": size, "net.backbone": backbone,
-                                 "train.seed": seed, "train.device": "cpu", "net.inject": inject})
+                                 "train.seed": seed, "train.device": "cpu", "net.inject": inject, "optim.beta1": beta1})
     train = ShapeVariantDataset(data, size, "train", seed)
     val = ShapeVariantDataset(data, size, "val", seed, length=VAL)
     cfg = resolve(cfg, plugins.registry, train)
@@ -106,7 +106,7 @@ def train_alone(net: str, data: str, size: int, batch: int, steps: int, checks: 
         loss.backward()
         opt.step()
         if step % every == 0 or step == steps:
-            r = {"net": net, "inject": cfg.net.inject, "batch": batch, "step": step, "samples": step * batch,
+            r = {"net": net, "inject": cfg.net.inject, "beta1": cfg.optim.beta1, "batch": batch, "step": step, "samples": step * batch,
                  **(check_g(model, val, cfg.net.nz) if net == "g" else check_e(model, val))}
             print(json.dumps(r), flush=True)
             results.append(r)
@@ -123,10 +123,11 @@ def main() -> None:
     p.add_argument("--checks", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inject", help="G's injector (default: the recipe's)")
+    p.add_argument("--beta1", type=float, help="Adam beta1 (default: the recipe's)")
     p.add_argument("--json", type=Path)
     a = p.parse_args()
     results = [r for net in a.nets for batch in a.batch
-               for r in train_alone(net, a.data, a.image_size, batch, a.steps, a.checks, a.seed, a.inject)]
+               for r in train_alone(net, a.data, a.image_size, batch, a.steps, a.checks, a.seed, a.inject, a.beta1)]
     if a.json:
         a.json.write_text(json.dumps({"data": a.data, "image_size": a.image_size, "seed": a.seed,
                                       "results": results}, indent=1) + "\n")
