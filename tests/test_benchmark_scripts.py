@@ -48,9 +48,9 @@ def test_quality_gpu_script_runs_and_reports_unmet_targets_honestly(tmp_path):
     assert rec["targets"]["valid_rate"]["met"] == (rec["measures"]["valid_rate"] >= 0.9)
 
 
-def _probe_module():
+def _bench_module(name: str = "attribute_probe"):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("attribute_probe", BENCH / "attribute_probe.py")
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -58,7 +58,7 @@ def _probe_module():
 
 def test_the_attribute_probe_reads_a_code_that_carries_the_label_and_not_one_that_does_not():
     import torch
-    knn = _probe_module().knn_accuracy
+    knn = _bench_module().knn_accuracy
     g = torch.Generator().manual_seed(0)
     labels, val_labels = torch.randint(0, 4, (400,), generator=g), torch.randint(0, 4, (200,), generator=g)
     centres = torch.randn(4, 8, generator=g) * 5
@@ -98,14 +98,10 @@ def test_the_attribute_probe_runs_on_a_trained_variant_run_and_on_its_trajectory
 
 
 def test_the_oracle_code_is_one_hot_fill_then_background_and_the_script_trains_each_network(tmp_path):
-    import importlib.util
-
     import torch
 
     from bicycle.data.shape_variants import ShapeVariantDataset
-    spec = importlib.util.spec_from_file_location("oracle_code", BENCH / "oracle_code.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("oracle_code")
     ds = ShapeVariantDataset("shapes-unequal", 32, "val", 0, length=20)
     z = mod.oracle_codes(ds, list(range(20)), 8)
     fills = torch.tensor([int(ds.params(i)["fill"]) for i in range(20)])
