@@ -12,13 +12,17 @@ few hundred updates and E takes many more, the code, not the generator, is the s
 (benchmarks/README.md, "Which values G loses, and when"). Not a CI test.
 
     python benchmarks/oracle_code.py --data shapes-unequal [--image-size 128] [--nets g e] [--batch 1]
-        [--steps 900] [--checks 4] [--inject NAME] [--beta1 B] [--json OUT]
+        [--steps 900] [--checks 4] [--inject NAME] [--beta1 B] [--set KEY=VALUE ...] [--json OUT]
+
+``--set optim.beta2=0.99`` (repeatable) overrides any config key of the recipe (the value read as JSON, else
+as a string).
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -73,14 +77,27 @@ def check_e(E: torch.nn.Module, val: ShapeVariantDataset) -> dict:
             "background": float((mu[:, nf:nf + nb].argmax(1) == bg).float().mean())}
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """"optim.beta2=0.99" -> ("optim.beta2", 0.99); a value that is not JSON stays a string."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def train_alone(net: str, data: str, size: int, batch: int, steps: int, checks: int, seed: int,
-                inject: str | None = None, beta1: float | None = None) -> list[dict]:
+                inject: str | None = None, beta1: float | None = None,
+                overrides: dict[str, Any] | None = None) -> list[dict]:
     """Train G (``net`` = "g") or E ("e") of the demo recipe (``inject``: another injector, ``beta1``: another
-    Adam beta1) alone; the checks' results in order."""
+    Adam beta1, ``overrides``: other config keys) alone; the checks' results in order."""
     plugins = get_plugins()
     backbone = f"unet{size}" if size in (128, 256) else "unet"
     cfg = preset_config("demo", {"data.data": data, "net.image_size": size, "net.backbone": backbone,
-                                 "train.seed": seed, "train.device": "cpu", "net.inject": inject, "optim.beta1": beta1})
+                                 "train.seed": seed, "train.device": "cpu", "net.inject": inject, "optim.beta1": beta1,
+                                 **(overrides or {})})
     train = ShapeVariantDataset(data, size, "train", seed)
     val = ShapeVariantDataset(data, size, "val", seed, length=VAL)
     cfg = resolve(cfg, plugins.registry, train)
@@ -106,7 +123,7 @@ def train_alone(net: str, data: str, size: int, batch: int, steps: int, checks: 
         loss.backward()
         opt.step()
         if step % every == 0 or step == steps:
-            r = {"net": net, "inject": cfg.net.inject, "beta1": cfg.optim.beta1, "batch": batch, "step": step, "samples": step * batch,
+            r = {"net": net, "inject": cfg.net.inject, "beta1": cfg.optim.beta1, **({"set": overrides} if overrides else {}), "batch": batch, "step": step, "samples": step * batch,
                  **(check_g(model, val, cfg.net.nz) if net == "g" else check_e(model, val))}
             print(json.dumps(r), flush=True)
             results.append(r)
@@ -124,10 +141,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inject", help="G's injector (default: the recipe's)")
     p.add_argument("--beta1", type=float, help="Adam beta1 (default: the recipe's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another config key's value")
     p.add_argument("--json", type=Path)
     a = p.parse_args()
+    overrides = dict(parse_override(item) for item in a.set)
     results = [r for net in a.nets for batch in a.batch
-               for r in train_alone(net, a.data, a.image_size, batch, a.steps, a.checks, a.seed, a.inject, a.beta1)]
+               for r in train_alone(net, a.data, a.image_size, batch, a.steps, a.checks, a.seed, a.inject, a.beta1, overrides)]
     if a.json:
         a.json.write_text(json.dumps({"data": a.data, "image_size": a.image_size, "seed": a.seed,
                                       "results": results}, indent=1) + "\n")

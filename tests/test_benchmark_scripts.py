@@ -110,10 +110,12 @@ def test_the_oracle_code_is_one_hot_fill_then_background_and_the_script_trains_e
     assert torch.equal(z.sum(1), torch.full((20,), 2.0)) and not z[:, 7].any()
     out = tmp_path / "oracle.json"
     done = subprocess.run([sys.executable, str(BENCH / "oracle_code.py"), "--data", "shapes-unequal", "--image-size",
-                           "32", "--steps", "2", "--checks", "2", "--json", str(out)],
+                           "32", "--steps", "2", "--checks", "2", "--set", "optim.lr=0.002", "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
     assert [(r["net"], r["step"]) for r in results] == [("g", 1), ("g", 2), ("e", 1), ("e", 2)]
     assert all(0.0 <= r["fill"] <= 1.0 and 0.0 <= r["background"] <= 1.0 for r in results)
     assert sum(results[0]["fills_drawn"]) <= 200
+    assert all(r["set"] == {"optim.lr": 0.002} for r in results)
+    assert mod.parse_override("net.inject=all") == ("net.inject", "all")
