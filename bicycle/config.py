@@ -201,9 +201,10 @@ PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128"
 # The demo preset above 32 px (a user's images): the paper's batch (2) and lambda_KL (0.01), widths 16 and, up to
 # 128 px, the original's 128-px discriminator (2 layers): a 128-px step costs a fifth of one at the 32-px recipe's
 # batch 8 and widths 32, so the same minutes buy 5x the updates. Chosen on shapes-unequal and shapes-outline-big at
-# 128 px (benchmarks/README.md, "Defaults on unseen data").
+# 128 px (benchmarks/README.md, "Defaults on unseen data"); the LR twice the 32-px demo's, since at one image per
+# update per network the 32-px LR left G and E too slow to learn every value (benchmarks/README.md, "A larger LR").
 DEMO_LARGER: dict[str, Any] = {"train.batch_size": 2, "loss.kl": 0.01, "net.ngf": 16, "net.nef": 16, "net.ndf": 16,
-                               "net.inject": "all-film"}
+                               "net.inject": "all-film", "optim.lr": 2e-3}
 DEMO_LARGER_SMALL_D = 128  # up to this size the demo's D is the original's 128-px one (its stride-2 layers)
 DEMO_STEPS_128 = 4500
 

@@ -244,17 +244,18 @@ def test_the_demo_length_follows_the_image_size(args, want):
 
 
 @pytest.mark.parametrize("args, want", [
-    ([], (8, 0.025, 32, 32, 32, 3, "all")),                                      # the demo at 32 px: unchanged
-    (["--image-size", "64"], (2, 0.01, 16, 16, 16, 2, "all-film")),
-    (["--backbone", "unet128"], (2, 0.01, 16, 16, 16, 2, "all-film")),
-    (["--backbone", "unet256"], (2, 0.01, 16, 16, 16, 3, "all-film")),          # the original's 256-px D
+    ([], (8, 0.025, 32, 32, 32, 3, "all", 1e-3)),                                # the demo at 32 px: unchanged
+    (["--image-size", "64"], (2, 0.01, 16, 16, 16, 2, "all-film", 2e-3)),
+    (["--backbone", "unet128"], (2, 0.01, 16, 16, 16, 2, "all-film", 2e-3)),
+    (["--backbone", "unet256"], (2, 0.01, 16, 16, 16, 3, "all-film", 2e-3)),    # the original's 256-px D
     (["--image-size", "128", "--lambda-kl", "0.02", "--batch-size", "8", "--nef", "32", "--d-layers", "3",
-      "--inject", "all"], (8, 0.02, 16, 32, 16, 3, "all")),                      # flags win, key by key
-    (["--preset", "paper", "--image-size", "128"], (2, 0.01, 64, 64, 64, 2, "all")),
+      "--inject", "all", "--lr", "1e-3"], (8, 0.02, 16, 32, 16, 3, "all", 1e-3)),  # flags win, key by key
+    (["--preset", "paper", "--image-size", "128"], (2, 0.01, 64, 64, 64, 2, "all", 2e-4)),
 ])
 def test_the_demo_above_32_px_takes_its_larger_images_recipe(args, want):
     result = invoke("train", "--dry-run", *args)
     assert result.exit_code == 0, result.output
     c = json.loads(result.output[result.output.index("{"):])
     n = c["net"]
-    assert (c["train"]["batch_size"], c["loss"]["kl"], n["ngf"], n["nef"], n["ndf"], n["d_layers"], n["inject"]) == want
+    assert (c["train"]["batch_size"], c["loss"]["kl"], n["ngf"], n["nef"], n["ndf"], n["d_layers"], n["inject"],
+            c["optim"]["lr"]) == want
