@@ -201,11 +201,13 @@ PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128"
 # The demo preset above 32 px (a user's images): the paper's batch (2) and lambda_KL (0.01), widths 16 and, up to
 # 128 px, the original's 128-px discriminator (2 layers): a 128-px step costs a fifth of one at the 32-px recipe's
 # batch 8 and widths 32, so the same minutes buy 5x the updates. Chosen on shapes-unequal and shapes-outline-big at
-# 128 px (benchmarks/README.md, "Defaults on unseen data"); the LR twice the 32-px demo's, since at one image per
-# update per network the 32-px LR left G and E too slow to learn every value (benchmarks/README.md, "A larger LR").
+# 128 px (benchmarks/README.md, "Defaults on unseen data"). Up to 128 px the LR is twice the 32-px demo's: at one
+# image per update per network 1e-3 left G too slow to learn every fill colour (benchmarks/README.md, "A larger LR");
+# at 256 px 2e-3 stalled G's reconstruction, so there the demo keeps 1e-3.
 DEMO_LARGER: dict[str, Any] = {"train.batch_size": 2, "loss.kl": 0.01, "net.ngf": 16, "net.nef": 16, "net.ndf": 16,
-                               "net.inject": "all-film", "optim.lr": 2e-3}
-DEMO_LARGER_SMALL_D = 128  # up to this size the demo's D is the original's 128-px one (its stride-2 layers)
+                               "net.inject": "all-film"}
+DEMO_LARGER_SMALL = 128  # up to this size: the original's 128-px D (its stride-2 layers) and DEMO_LARGER_SMALL_LR
+DEMO_LARGER_SMALL_LR = 2e-3
 DEMO_STEPS_128 = 4500
 
 
@@ -222,9 +224,9 @@ def demo_steps(image_size: int) -> int:
 def preset_config(name: str, overrides: dict[str, Any], *, decoder_points: bool = True) -> RunConfig:
     """A preset with ``overrides``; the ``paper`` preset at 128 px takes the original's 128-px recipe
     (:data:`PAPER_SIZE_RECIPES`) for every key the overrides leave out; the ``demo`` preset above 32 px takes
-    :data:`DEMO_LARGER` (and a 2-layer D up to :data:`DEMO_LARGER_SMALL_D` px) for every key the overrides leave
-    out, and a length that follows the image size (:func:`demo_steps`) unless ``train.steps`` is given, with a
-    sample grid and a checkpoint every tenth of the run. ``decoder_points``: whether the run's backbone offers
+    :data:`DEMO_LARGER` (and up to :data:`DEMO_LARGER_SMALL` px a 2-layer D and lr :data:`DEMO_LARGER_SMALL_LR`) for
+    every key the overrides leave out, and a length that follows the image size (:func:`demo_steps`) unless
+    ``train.steps`` is given, with a sample grid and a checkpoint every tenth of the run. ``decoder_points``: whether the run's backbone offers
     decoder injection points; without them the demo keeps the preset's concatenating injector."""
     cfg = replace(PRESETS[name], overrides)
     extra: dict[str, Any] = {}
@@ -234,8 +236,9 @@ def preset_config(name: str, overrides: dict[str, Any], *, decoder_points: bool 
         extra = dict(DEMO_LARGER)
         if not decoder_points:
             del extra["net.inject"]
-        if cfg.net.image_size <= DEMO_LARGER_SMALL_D:
-            extra["net.d_layers"] = PAPER_SIZE_RECIPES[DEMO_LARGER_SMALL_D]["net.d_layers"]
+        if cfg.net.image_size <= DEMO_LARGER_SMALL:
+            extra["net.d_layers"] = PAPER_SIZE_RECIPES[DEMO_LARGER_SMALL]["net.d_layers"]
+            extra["optim.lr"] = DEMO_LARGER_SMALL_LR
         if overrides.get("train.steps") is None:
             steps = demo_steps(cfg.net.image_size)
             extra.update({"train.steps": steps, "train.sample_every": max(1, steps // 10),

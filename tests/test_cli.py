@@ -247,7 +247,7 @@ def test_the_demo_length_follows_the_image_size(args, want):
     ([], (8, 0.025, 32, 32, 32, 3, "all", 1e-3)),                                # the demo at 32 px: unchanged
     (["--image-size", "64"], (2, 0.01, 16, 16, 16, 2, "all-film", 2e-3)),
     (["--backbone", "unet128"], (2, 0.01, 16, 16, 16, 2, "all-film", 2e-3)),
-    (["--backbone", "unet256"], (2, 0.01, 16, 16, 16, 3, "all-film", 2e-3)),    # the original's 256-px D
+    (["--backbone", "unet256"], (2, 0.01, 16, 16, 16, 3, "all-film", 1e-3)),    # the original's 256-px D, lr 1e-3
     (["--image-size", "128", "--lambda-kl", "0.02", "--batch-size", "8", "--nef", "32", "--d-layers", "3",
       "--inject", "all", "--lr", "1e-3"], (8, 0.02, 16, 32, 16, 3, "all", 1e-3)),  # flags win, key by key
     (["--preset", "paper", "--image-size", "128"], (2, 0.01, 64, 64, 64, 2, "all", 2e-4)),
