@@ -203,7 +203,7 @@ PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128"
 # batch 8 and widths 32, so the same minutes buy 5x the updates. Chosen on shapes-unequal and shapes-outline-big at
 # 128 px (benchmarks/README.md, "Defaults on unseen data"). Up to 128 px the LR is twice the 32-px demo's: at one
 # image per update per network 1e-3 left G too slow to learn every fill colour (benchmarks/README.md, "A larger LR");
-# at 256 px 2e-3 stalled G's reconstruction, so there the demo keeps 1e-3.
+# a 256-px smoke run at 2e-3 drew no valid output, so there the demo keeps 1e-3.
 DEMO_LARGER: dict[str, Any] = {"train.batch_size": 2, "loss.kl": 0.01, "net.ngf": 16, "net.nef": 16, "net.ndf": 16,
                                "net.inject": "all-film"}
 DEMO_LARGER_SMALL = 128  # up to this size: the original's 128-px D (its stride-2 layers) and DEMO_LARGER_SMALL_LR
