@@ -14,6 +14,9 @@ few hundred updates and E takes many more, the code, not the generator, is the s
     python benchmarks/oracle_code.py --data shapes-unequal [--image-size 128] [--nets g e] [--batch 1]
         [--steps 900] [--checks 4] [--inject NAME] [--beta1 B] [--set KEY=VALUE ...] [--json OUT]
 
+The recipe is the demo preset at ``--image-size`` (at 128 px lr 2e-3 since 2026-12-02; every record in
+results/generalization/oracle128/ was made before, at 1e-3 unless its ``set`` says otherwise; new results record their lr).
+
 ``--set optim.beta2=0.99`` (repeatable) overrides any config key of the recipe (the value read as JSON, else
 as a string).
 """
@@ -123,7 +126,8 @@ def train_alone(net: str, data: str, size: int, batch: int, steps: int, checks: 
         loss.backward()
         opt.step()
         if step % every == 0 or step == steps:
-            r = {"net": net, "inject": cfg.net.inject, "beta1": cfg.optim.beta1, **({"set": overrides} if overrides else {}), "batch": batch, "step": step, "samples": step * batch,
+            r = {"net": net, "inject": cfg.net.inject, "lr": cfg.optim.lr, "beta1": cfg.optim.beta1,
+                 **({"set": overrides} if overrides else {}), "batch": batch, "step": step, "samples": step * batch,
                  **(check_g(model, val, cfg.net.nz) if net == "g" else check_e(model, val))}
             print(json.dumps(r), flush=True)
             results.append(r)

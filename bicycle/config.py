@@ -226,8 +226,9 @@ def preset_config(name: str, overrides: dict[str, Any], *, decoder_points: bool 
     (:data:`PAPER_SIZE_RECIPES`) for every key the overrides leave out; the ``demo`` preset above 32 px takes
     :data:`DEMO_LARGER` (and up to :data:`DEMO_LARGER_SMALL` px a 2-layer D and lr :data:`DEMO_LARGER_SMALL_LR`) for
     every key the overrides leave out, and a length that follows the image size (:func:`demo_steps`) unless
-    ``train.steps`` is given, with a sample grid and a checkpoint every tenth of the run. ``decoder_points``: whether the run's backbone offers
-    decoder injection points; without them the demo keeps the preset's concatenating injector."""
+    ``train.steps`` is given, with a sample grid and a checkpoint every tenth of the run. ``decoder_points``: whether
+    the run's backbone offers decoder injection points; without them the demo keeps the preset's concatenating
+    injector."""
     cfg = replace(PRESETS[name], overrides)
     extra: dict[str, Any] = {}
     if name == "paper":

@@ -117,5 +117,5 @@ def test_the_oracle_code_is_one_hot_fill_then_background_and_the_script_trains_e
     assert [(r["net"], r["step"]) for r in results] == [("g", 1), ("g", 2), ("e", 1), ("e", 2)]
     assert all(0.0 <= r["fill"] <= 1.0 and 0.0 <= r["background"] <= 1.0 for r in results)
     assert sum(results[0]["fills_drawn"]) <= 200
-    assert all(r["set"] == {"optim.lr": 0.002} for r in results)
+    assert all(r["set"] == {"optim.lr": 0.002} and r["lr"] == 0.002 for r in results)
     assert mod.parse_override("net.inject=all") == ("net.inject", "all")
