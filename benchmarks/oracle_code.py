@@ -92,15 +92,13 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def train_alone(net: str, data: str, size: int, batch: int, steps: int, checks: int, seed: int,
-                inject: str | None = None, beta1: float | None = None,
                 overrides: dict[str, Any] | None = None) -> list[dict]:
-    """Train G (``net`` = "g") or E ("e") of the demo recipe (``inject``: another injector, ``beta1``: another
-    Adam beta1, ``overrides``: other config keys) alone; the checks' results in order."""
+    """Train G (``net`` = "g") or E ("e") of the demo recipe (``overrides``: other values of its config keys)
+    alone; the checks' results in order."""
     plugins = get_plugins()
     backbone = f"unet{size}" if size in (128, 256) else "unet"
     cfg = preset_config("demo", {"data.data": data, "net.image_size": size, "net.backbone": backbone,
-                                 "train.seed": seed, "train.device": "cpu", "net.inject": inject, "optim.beta1": beta1,
-                                 **(overrides or {})})
+                                 "train.seed": seed, "train.device": "cpu", **(overrides or {})})
     train = ShapeVariantDataset(data, size, "train", seed)
     val = ShapeVariantDataset(data, size, "val", seed, length=VAL)
     cfg = resolve(cfg, plugins.registry, train)
@@ -148,9 +146,10 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another config key's value")
     p.add_argument("--json", type=Path)
     a = p.parse_args()
-    overrides = dict(parse_override(item) for item in a.set)
+    given = {"net.inject": a.inject, "optim.beta1": a.beta1}
+    overrides = {**{k: v for k, v in given.items() if v is not None}, **dict(parse_override(item) for item in a.set)}
     results = [r for net in a.nets for batch in a.batch
-               for r in train_alone(net, a.data, a.image_size, batch, a.steps, a.checks, a.seed, a.inject, a.beta1, overrides)]
+               for r in train_alone(net, a.data, a.image_size, batch, a.steps, a.checks, a.seed, overrides)]
     if a.json:
         a.json.write_text(json.dumps({"data": a.data, "image_size": a.image_size, "seed": a.seed,
                                       "results": results}, indent=1) + "\n")
