@@ -38,6 +38,12 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    """A scalar loss's dtype: float64 for float64 inputs, else float32 (as autocast computes the reference's
+    sums and MSE losses in float32 for bf16/fp16 inputs)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def cpu_buffer(t: Tensor, dtype: torch.dtype) -> Tensor:
     """A detached, C-contiguous CPU tensor of ``dtype`` whose ``.numpy()`` the extension can read."""
     return t.detach().to(dtype).contiguous()

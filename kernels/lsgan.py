@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import HAS_TRITON, block_size, compute_dtype, cpp_float_dtype, cpu_buffer, tl, triton
+from bicycle.errors import OpUnavailableError
+
+from ._common import HAS_TRITON, block_size, compute_dtype, cpp_float_dtype, cpu_buffer, loss_dtype, tl, triton
 
 
 def lsgan_ref(preds: Sequence[Tensor], target: float) -> Tensor:
@@ -114,10 +116,20 @@ if HAS_TRITON:
             _grad(p3, q3, n3, t3, g, pid - s3, BLOCK)
 
 
+def kernel_target(target: float) -> int | float:
+    """A target as the kernels receive it. Compiled Triton types a Python float argument as fp32, so a
+    target must be exact in float32 (0 and 1, the GAN labels, are); an integral one is passed as an int."""
+    t = float(target)
+    if t != float(torch.tensor(t, dtype=torch.float32)):
+        raise OpUnavailableError(f"lsgan (triton): target {t!r} is not exact in float32, which the kernels "
+                                 f"receive it as; use impl='ref' or 'cpp' for this target")
+    return int(t) if t.is_integer() else t
+
+
 def _groups(preds: Sequence[Tensor], targets: Sequence[float], block: int):
     """Per launch: (pointers, numels, targets, block starts s1..s3, total blocks), padded to MAX_SEGMENTS."""
     for lo in range(0, len(preds), MAX_SEGMENTS):
-        ps, ts = list(preds[lo : lo + MAX_SEGMENTS]), [float(t) for t in targets[lo : lo + MAX_SEGMENTS]]
+        ps, ts = list(preds[lo : lo + MAX_SEGMENTS]), [kernel_target(t) for t in targets[lo : lo + MAX_SEGMENTS]]
         ns = [p.numel() for p in ps]
         starts = [0]
         for n in ns:
@@ -125,7 +137,7 @@ def _groups(preds: Sequence[Tensor], targets: Sequence[float], block: int):
         total = starts[-1]
         pad = MAX_SEGMENTS - len(ps)
         # Unused slots start at `total`, so no program reaches them.
-        yield ps + [ps[0]] * pad, ns + [ns[0]] * pad, ts + [0.0] * pad, (starts[1:] + [total] * pad)[: MAX_SEGMENTS - 1], total
+        yield ps + [ps[0]] * pad, ns + [ns[0]] * pad, ts + [0] * pad, (starts[1:] + [total] * pad)[: MAX_SEGMENTS - 1], total
 
 
 class TritonBackend:
@@ -151,7 +163,7 @@ class TritonBackend:
         for ps, ns, ts, ss, total in groups:
             _fwd_kernel[(total,)](partial[off:], *ps, *ns, *ts, *ss, BLOCK=block, FP64=fp64)
             off += total
-        return partial.sum().to(dtype), None  # fixed-order sum of partials: deterministic, unlike atomics
+        return partial.sum().to(loss_dtype(dtype)), None  # fixed-order sum of partials: deterministic, unlike atomics
 
     def backward(self, preds: Sequence[Tensor], targets: Sequence[float], grad: Tensor) -> list[Tensor]:
         dtype = compute_dtype(*preds)
@@ -183,7 +195,7 @@ class CppBackend:
         grads = [torch.empty_like(b) for b in bufs] if with_grads else None
         loss = self.ext.lsgan_forward([b.numpy() for b in bufs], [float(t) for t in targets], torch.get_num_threads(),
                                       None if grads is None else [g.numpy() for g in grads])
-        return torch.tensor(loss, dtype=out_dtype), None if grads is None else [g.to(out_dtype) for g in grads]
+        return torch.tensor(loss, dtype=loss_dtype(out_dtype)), None if grads is None else [g.to(out_dtype) for g in grads]
 
     def backward(self, preds: Sequence[Tensor], targets: Sequence[float], grad: Tensor) -> list[Tensor]:
         out_dtype = compute_dtype(*preds)

@@ -36,7 +36,7 @@ from torch.autograd.function import once_differentiable
 
 from bicycle.errors import OpUnavailableError
 
-from ._common import HAS_TRITON, block_size, compute_dtype, cpp_float_dtype, cpu_buffer, tl, triton
+from ._common import HAS_TRITON, block_size, compute_dtype, cpp_float_dtype, cpu_buffer, loss_dtype, tl, triton
 
 
 def reparam_kl_ref(
@@ -98,7 +98,9 @@ class Backend(Protocol):
 if HAS_TRITON:
 
     @triton.jit
-    def _fwd_kernel(mu_ptr, lv_ptr, eps_ptr, z_ptr, part_ptr, n, neg_half_w, BLOCK: tl.constexpr, FP64: tl.constexpr):
+    def _fwd_kernel(mu_ptr, lv_ptr, eps_ptr, z_ptr, part_ptr, n, BLOCK: tl.constexpr, FP64: tl.constexpr):
+        # Unweighted partial sums: the weight is applied on the torch side (a Python float kernel argument
+        # is typed fp32 when compiled, which would round it in the float64 kernels).
         pid = tl.program_id(0)
         offs = pid * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
@@ -116,7 +118,7 @@ if HAS_TRITON:
         s = tl.exp(0.5 * lv)
         tl.store(z_ptr + offs, (mu + eps * s).to(z_ptr.dtype.element_ty), mask=mask)
         term = tl.where(mask, 1.0 + lv - mu * mu - s * s, 0.0)  # exp(logvar) = s * s
-        tl.store(part_ptr + pid, tl.sum(term, axis=0) * neg_half_w)
+        tl.store(part_ptr + pid, tl.sum(term, axis=0))
 
     @triton.jit
     def _fwd_free_bits_kernel(
@@ -155,7 +157,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _bwd_kernel(
-        mu_ptr, lv_ptr, eps_ptr, gz_ptr, gkl_ptr, dmu_ptr, dlv_ptr, deps_ptr, n, w, active_ptr, nz,
+        mu_ptr, lv_ptr, eps_ptr, gz_ptr, wgkl_ptr, dmu_ptr, dlv_ptr, deps_ptr, n, active_ptr, nz,
         BLOCK: tl.constexpr, HAS_GZ: tl.constexpr, HAS_GKL: tl.constexpr, HAS_DEPS: tl.constexpr, FP64: tl.constexpr,
         FREE_BITS: tl.constexpr,
     ):
@@ -178,7 +180,7 @@ if HAS_TRITON:
         else:
             g = tl.zeros_like(mu)
         if HAS_GKL:
-            a = tl.load(gkl_ptr).to(mu.dtype) * w  # read on the device: no host sync
+            a = tl.load(wgkl_ptr).to(mu.dtype)  # kl_weight * dL/dkl, formed on the device: no host sync
         else:
             a = 0.0
         if FREE_BITS:  # the KL gradient only for dimensions at or above their floor
@@ -210,10 +212,10 @@ class TritonBackend:
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         z = torch.empty_like(mu)
         partial = torch.empty(grid, dtype=acc, device=mu.device)
-        _fwd_kernel[(grid,)](mu, logvar, eps, z, partial, n, -0.5 * float(kl_weight), BLOCK=block,
-                             FP64=dtype == torch.float64)
-        # Partials are summed in a fixed order: deterministic, unlike atomics.
-        return z, partial.sum().to(dtype), None
+        _fwd_kernel[(grid,)](mu, logvar, eps, z, partial, n, BLOCK=block, FP64=dtype == torch.float64)
+        # Partials are summed in a fixed order (deterministic, unlike atomics), then weighted as the
+        # reference does: sum * -0.5 * kl_weight.
+        return z, (partial.sum().mul(-0.5) * float(kl_weight)).to(loss_dtype(dtype)), None
 
     def _forward_free_bits(
         self, mu: Tensor, logvar: Tensor, eps: Tensor, kl_weight: float, free_bits: float
@@ -234,7 +236,7 @@ class TritonBackend:
         m = colsum * -0.5 / n_rows
         keep = m >= free_bits  # the tie passes through
         floored = torch.where(keep, m, torch.full_like(m, free_bits))
-        return z, (floored.sum() * (float(kl_weight) * n_rows)).to(mu.dtype), keep.to(acc)
+        return z, (floored.sum() * (float(kl_weight) * n_rows)).to(loss_dtype(mu.dtype)), keep.to(acc)
 
     def backward(
         self, mu: Tensor, logvar: Tensor, eps: Tensor, kl_weight: float, gz: Tensor | None, gkl: Tensor | None,
@@ -245,9 +247,11 @@ class TritonBackend:
         dmu, dlv = torch.empty_like(mu), torch.empty_like(mu)
         deps = torch.empty_like(mu) if need_deps and gz is not None else None
         gz_c = gz.contiguous() if gz is not None else mu
+        # The weight folded into the loss gradient on the device: no float argument reaches the kernel.
+        wgkl = gkl.to(torch.promote_types(gkl.dtype, mu.dtype)) * float(kl_weight) if gkl is not None else mu
         _bwd_kernel[(triton.cdiv(max(n, 1), block),)](
-            mu, logvar, eps, gz_c, gkl if gkl is not None else mu, dmu, dlv, deps if deps is not None else mu, n,
-            float(kl_weight), active if active is not None else mu, mu.shape[-1] if active is not None else 1,
+            mu, logvar, eps, gz_c, wgkl, dmu, dlv, deps if deps is not None else mu, n,
+            active if active is not None else mu, mu.shape[-1] if active is not None else 1,
             BLOCK=block, HAS_GZ=gz is not None, HAS_GKL=gkl is not None,
             HAS_DEPS=deps is not None, FP64=mu.dtype == torch.float64, FREE_BITS=active is not None,
         )
@@ -280,10 +284,10 @@ class CppBackend:
             active = torch.empty(mu.shape[-1], dtype=dtype)
             kl = fn(mu.numpy(), logvar.numpy(), eps.numpy(), z.numpy(), active.numpy(), float(kl_weight),
                     float(free_bits), torch.get_num_threads())
-            return z.to(out_dtype), torch.tensor(kl, dtype=out_dtype), active
+            return z.to(out_dtype), torch.tensor(kl, dtype=loss_dtype(out_dtype)), active
         kl = self.ext.reparam_kl_forward(mu.numpy(), logvar.numpy(), eps.numpy(), z.numpy(), float(kl_weight),
                                          torch.get_num_threads())
-        return z.to(out_dtype), torch.tensor(kl, dtype=out_dtype), None
+        return z.to(out_dtype), torch.tensor(kl, dtype=loss_dtype(out_dtype)), None
 
     def backward(
         self, mu: Tensor, logvar: Tensor, eps: Tensor, kl_weight: float, gz: Tensor | None, gkl: Tensor | None,

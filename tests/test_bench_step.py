@@ -152,3 +152,32 @@ def test_a_failing_measurement_becomes_a_record_and_the_others_still_run(tmp_pat
     assert json.loads(path.read_text())["records"] == records
     with pytest.raises(RuntimeError, match="simulated"):
         step.run_step_bench("cpu", [2], None, quick=True)
+
+
+def test_data_wait_is_measured_with_the_device_synchronised_after_every_iteration():
+    """The GPU waits on data only when the next batch is not ready once the previous step has finished on
+    the device: the fraction is the prefetcher wait over the wall time of iterations each followed by a sync."""
+    import time
+
+    from bicycle.bench.step import synced_wait_fraction
+
+    events = []
+
+    class Batches:
+        wait_s = 5.0  # left over from the unsynchronised block: must not count
+
+        def next(self):
+            time.sleep(0.02)  # the batch is late by 20 ms
+            self.wait_s += 0.02
+            events.append("next")
+
+    batches = Batches()
+
+    def run_iter():
+        batches.next()
+        time.sleep(0.02)  # the step itself: 20 ms
+        events.append("step")
+
+    fraction = synced_wait_fraction(batches, run_iter, 4, sync=lambda: events.append("sync"))
+    assert events == ["sync"] + ["next", "step", "sync"] * 4
+    assert 0.3 < fraction < 0.55  # 20 ms waited of about 40 ms per iteration

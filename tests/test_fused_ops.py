@@ -9,6 +9,7 @@ which capture each op in a CUDA graph, replay it and compare.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import pytest
@@ -20,11 +21,14 @@ use_triton_interpreter_without_cuda()
 
 from bicycle import ops  # noqa: E402
 from bicycle.kernels import _common  # noqa: E402
+from bicycle.kernels._common import loss_dtype  # noqa: E402
 from bicycle.kernels import lsgan as lsgan_mod  # noqa: E402
 from bicycle.kernels import reparam_kl as reparam_mod  # noqa: E402
 from bicycle.kernels.lsgan import lsgan_d_ref, lsgan_ref  # noqa: E402
 from bicycle.kernels.prepare_batch import prepare_batch_ref  # noqa: E402
+from bicycle.errors import OpUnavailableError  # noqa: E402
 from bicycle.kernels.reparam_kl import reparam_kl_ref  # noqa: E402
+from bicycle.train.graph import capturing  # noqa: E402
 
 _C, _C_WHY = ops._ext()
 needs_cpp = pytest.mark.skipif(_C is None, reason=f"the C++ extension did not build: {_C_WHY}")
@@ -112,7 +116,7 @@ def _check_reparam(fused: Fused, shape, dtype, noncontig=False, w=0.01):
     zr, klr = reparam_kl_ref(*ref_in, w)
     grads_r = torch.autograd.grad((zr, klr), ref_in, (gz.double(), gkl.double()))
     rtol, atol = TOL[dtype]
-    assert z.dtype == dtype and kl.dtype == dtype and z.shape == mu.shape and kl.shape == ()
+    assert z.dtype == dtype and kl.dtype == loss_dtype(dtype) and z.shape == mu.shape and kl.shape == ()
     assert z.device.type == fused.device
     torch.testing.assert_close(z.double(), zr, rtol=rtol, atol=atol)
     torch.testing.assert_close(kl.double(), klr, rtol=rtol, atol=atol)
@@ -225,7 +229,7 @@ def _check_free_bits(impl: str, device: str, shape, dtype, w=0.01, f=FREE_BITS):
     zr, klr = reparam_kl_ref(*ref_in, w, f)
     grads_r = torch.autograd.grad((zr, klr), ref_in, (gz.double(), gkl.double()))
     rtol, atol = TOL[dtype]
-    assert z.dtype == dtype and kl.dtype == dtype and z.shape == mu.shape and kl.shape == ()
+    assert z.dtype == dtype and kl.dtype == loss_dtype(dtype) and z.shape == mu.shape and kl.shape == ()
     assert z.device.type == device
     torch.testing.assert_close(z.double(), zr, rtol=rtol, atol=atol)
     torch.testing.assert_close(kl.double(), klr, rtol=rtol, atol=atol)
@@ -401,7 +405,7 @@ def _check_lsgan(fused: Fused, sizes, dtype, target):
     loss_r = lsgan_ref(ref_in, target)
     grads_r = torch.autograd.grad(loss_r * 1.5, ref_in)
     rtol, atol = TOL[dtype]
-    assert loss.dtype == dtype and loss.shape == ()
+    assert loss.dtype == loss_dtype(dtype) and loss.shape == ()
     torch.testing.assert_close(loss.double(), loss_r, rtol=rtol, atol=atol)
     for a, b in zip(grads, grads_r):
         torch.testing.assert_close(a.double(), b, rtol=rtol, atol=atol)
@@ -460,6 +464,70 @@ def test_lsgan_gradcheck_float64(fused):
     preds = _preds([(1, 3, 3), (1, 2, 1)], torch.float64, fused.device)
     assert torch.autograd.gradcheck(lambda a, b: ops.lsgan([a, b], 1.0, impl=fused.impl), tuple(preds))
     assert torch.autograd.gradcheck(lambda a, b: ops.lsgan_d([a], [b], impl=fused.impl), tuple(preds))
+
+
+def _launch_spy(kernel):
+    """A copy of a @triton.jit kernel (same class, so the dispatcher still recognises it) that records the
+    arguments of each launch in ``.launches``, then launches the real kernel."""
+    def getitem(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((args, kwargs))
+            return kernel[grid](*args, **kwargs)
+        return launch
+    spy = copy.copy(kernel)
+    spy.__class__ = type("LaunchSpy", (type(kernel),), {"__getitem__": getitem})
+    spy.launches = []
+    return spy
+
+
+def _spy_kernels(monkeypatch, module) -> list:
+    spies = []
+    for name in [n for n in vars(module) if n.endswith("_kernel")]:
+        spy = _launch_spy(getattr(module, name))
+        monkeypatch.setattr(module, name, spy)
+        spies.append(spy)
+    return spies
+
+
+def _python_floats(spies: list) -> list[object]:
+    return [a for spy in spies for args, kw in spy.launches for a in (*args, *kw.values()) if isinstance(a, float)]
+
+
+@needs_triton
+@pytest.mark.parametrize("free_bits", [0.0, 0.05], ids=["plain", "free_bits"])
+def test_triton_reparam_kl_launches_take_no_python_float(monkeypatch, free_bits):
+    """Compiled Triton types a Python float argument as fp32 (the interpreter keeps it exact): the weights
+    are applied on the torch side, so no float reaches a launch and float64 stays float64 on a GPU."""
+    spies = _spy_kernels(monkeypatch, reparam_mod)
+    mu, lv, eps = (t.requires_grad_(True) for t in _inputs((4, 3), torch.float64, TRITON_DEVICE))
+    w = 0.01  # not exact in float32: rounding it would move the KL by ~1e-10 relative
+    z, kl = ops.reparam_kl(mu, lv, eps, w, free_bits, impl="triton")
+    torch.autograd.grad((z, kl), (mu, lv, eps), (torch.ones_like(z), torch.tensor(0.7, dtype=torch.float64,
+                                                                                    device=TRITON_DEVICE)))
+    assert sum(len(s.launches) for s in spies) == 2
+    assert _python_floats(spies) == []
+    zr, klr = reparam_kl_ref(mu.detach(), lv.detach(), eps, w, free_bits)
+    torch.testing.assert_close(kl.detach(), klr, rtol=1e-12, atol=1e-12)
+
+
+@needs_triton
+def test_triton_lsgan_launches_take_no_python_float_and_refuse_an_inexact_target(monkeypatch):
+    spies = _spy_kernels(monkeypatch, lsgan_mod)
+    fake = _preds([(2, 5, 5), (2, 3, 3)], torch.float64, TRITON_DEVICE, 1)
+    real = _preds([(2, 5, 5), (2, 3, 3)], torch.float64, TRITON_DEVICE, 2)
+    loss = ops.lsgan_d(fake, real, impl="triton") + ops.lsgan(fake, 1.0, impl="triton")
+    torch.autograd.grad(loss, fake + real)
+    assert sum(len(s.launches) for s in spies) == 4
+    assert _python_floats(spies) == []
+    with pytest.raises(OpUnavailableError, match="target 0.9 is not exact in float32"):
+        ops.lsgan(fake, 0.9, impl="triton")
+
+
+def test_fused_losses_are_float32_for_bfloat16_inputs():
+    """The guard and the log read the losses: fp32 for bf16 inputs (as autocast computes the reference's
+    sums and MSE), float64 for float64."""
+    assert loss_dtype(torch.bfloat16) == torch.float32 and loss_dtype(torch.float16) == torch.float32
+    assert loss_dtype(torch.float32) == torch.float32 and loss_dtype(torch.float64) == torch.float64
 
 
 @each_impl
@@ -565,7 +633,7 @@ def _capture(fn):
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with capturing(graph):
         out = fn()
     return graph, out
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import threading
 from dataclasses import replace as dc_replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +27,7 @@ from bicycle.plugins import get_plugins
 from bicycle.train.execution import (CPU_EAGER_MESSAGE, autocast, check_cuda_graphs, memory_format, prepare_networks,
                                      use_cuda_graphs)
 from bicycle.train.checkpoints import host_lrs
-from bicycle.train.graph import GraphedStep, lr_tensors, set_lr
+from bicycle.train.graph import CAPTURE_ERROR_MODE, GraphedStep, capturing, lr_tensors, set_lr
 from bicycle.train.schedule import lr_factor
 from bicycle.train.state import build_state
 from bicycle.train.step import train_step
@@ -44,6 +46,20 @@ def test_config_fields_defaults_and_validation():
     assert validate(cfg).train.precision == "bf16"
     with pytest.raises(ConfigError, match="train.precision"):
         validate(replace(PRESETS["demo"], {"train.precision": "fp16"}))
+
+
+def test_every_capture_runs_in_thread_local_error_mode(monkeypatch):
+    """The prefetch thread pins memory while the step is captured: a global-mode capture would be invalidated
+    by that thread's CUDA calls. Every capture goes through ``capturing``, which asks for thread_local."""
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph, **kw: seen.update(kw) or "ctx")
+    assert capturing("g") == "ctx" and seen == {"capture_error_mode": "thread_local"} == {"capture_error_mode": CAPTURE_ERROR_MODE}
+    root = Path(__file__).resolve().parents[1]
+    direct = [f"{p.relative_to(root)}:{i}" for folder in ("bicycle", "kernels", "benchmarks", "tests", "plugins")
+              for p in (root / folder).rglob("*.py") if p.name != "test_graph.py"
+              for i, line in enumerate(p.read_text().splitlines(), 1)
+              if "torch.cuda.graph(" in line and not line.lstrip().startswith(('"', "#", "return torch.cuda.graph("))]
+    assert direct == [], f"captures that bypass bicycle.train.graph.capturing: {direct}"
 
 
 def test_use_cuda_graphs_decisions():
@@ -450,3 +466,39 @@ def test_gpu_vii_the_divergence_guard_records_inside_the_captured_graph():
     bad = state.guard.first_bad()
     assert bad is not None and bad.step == 6 and int(state.guard.steps) == 7
     assert bad.losses and all(math.isnan(v) or math.isinf(v) for v in bad.losses.values())
+
+
+@pytest.mark.gpu
+def test_gpu_viii_capture_with_the_prefetch_thread_pinning_batches():
+    """The loop's situation: the background prefetcher makes and pins batches while the step is warmed up,
+    captured and replayed, and a second thread keeps pinning host memory throughout (so that another
+    thread's host-allocator calls surely overlap the capture). The capture must succeed and the replays train."""
+    from bicycle.train.data import BatchStream
+    from bicycle.train.prefetch import Prefetcher
+
+    state, _, _, cfg, ds = _gpu_state(size=32, batch=4)
+    n, s = cfg.train.batch_size, cfg.net.image_size
+    g = GraphedStep(state, (n, cfg.net.in_channels, s, s), (n, cfg.net.out_channels, s, s), cfg.net.nz, "cuda",
+                    {k: cfg.optim.lr for k in state.optimizers})
+    g.set_lr_factor(1.0)
+    stop, pinned = threading.Event(), []
+
+    def pin_forever():
+        while not stop.is_set():
+            pinned.append(torch.empty(1 << 16).pin_memory())  # what the prefetcher does: host allocator calls
+            del pinned[:-2]
+
+    pinner = threading.Thread(target=pin_forever, daemon=True)
+    pinner.start()
+    try:
+        with Prefetcher(BatchStream(ds, n, 0), background=True, pin=True, depth=2) as batches:
+            for _ in range(g.warmup + 4):
+                a, b = batches.next()
+                assert a.is_pinned()
+                m = g.step(a.to("cuda", non_blocking=True), b.to("cuda", non_blocking=True))
+                losses = {k: float(v) for k, v in m.items()}
+                assert all(math.isfinite(v) for v in losses.values()), losses
+    finally:
+        stop.set()
+        pinner.join(timeout=10)
+    assert g.captured and pinned

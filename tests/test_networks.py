@@ -135,3 +135,22 @@ def test_every_size_from_32_that_is_a_multiple_of_16_works_for_g_e_d():
         assert fake.shape == a.shape
         assert nets.E(fake)[0].shape == (2, 8)
         assert len(nets.D(fake)) >= 1
+
+
+def test_instance_norm_keeps_channels_last_and_the_maths():
+    """The bf16 step runs channels_last: torch's instance norm would return NCHW (a layout conversion at
+    every norm). Ours keeps the layout, equals torch's maths, and is torch's kernel for contiguous inputs."""
+    from bicycle.nn.layers import norm_layer
+
+    norm = norm_layer("instance", 6)
+    x = torch.randn(3, 6, 9, 7, dtype=torch.float64) * 3 + 1
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    y = norm(xcl)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    want = torch.nn.functional.instance_norm(x.float(), eps=norm.eps)
+    torch.testing.assert_close(y.float(), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(norm(x.float()), want)  # contiguous: torch's kernel, bit for bit
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yb = norm(xcl.to(torch.bfloat16))
+    assert yb.dtype == torch.bfloat16 and yb.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(yb.float(), want, rtol=2e-2, atol=2e-2)

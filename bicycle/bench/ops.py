@@ -213,8 +213,10 @@ def measure_graph_op(op: str, impl: str, shape: list, fn: Callable[[], object], 
     with torch.cuda.stream(side):
         fn()
     torch.cuda.current_stream().wait_stream(side)
+    from bicycle.train.graph import capturing
+
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with capturing(graph):
         for _ in range(10):
             fn()
     graph.replay()

@@ -145,6 +145,7 @@ def measure_step(mode: str, cfg, device: str, precision: str, warmup: int, iters
             wall_ms = (time.perf_counter() - t0) * 1e3 / iters
             step_ms = [ev[i][0].elapsed_time(ev[i + 1][0]) for i in range(iters)]
             data_ms = [ev[i][0].elapsed_time(ev[i][1]) for i in range(iters)]
+            wait_fraction = synced_wait_fraction(batches, run_iter, min(iters, SYNCED_WAIT_ITERS))
         else:
             for _ in range(iters):
                 t0 = time.perf_counter()
@@ -155,7 +156,7 @@ def measure_step(mode: str, cfg, device: str, precision: str, warmup: int, iters
                 step_ms.append((t2 - t0) * 1e3)
                 data_ms.append((t1 - t0) * 1e3)
             wall_ms = statistics.median(step_ms)
-        wait_ms = batches.wait_s * 1e3 / iters
+            wait_fraction = batches.wait_s * 1e3 / iters / wall_ms
         kernels, kernel_ms = (None, None)
         if cuda and profile_iters:
             kernels, kernel_ms = profile_kernels(run_iter, profile_iters)
@@ -169,8 +170,8 @@ def measure_step(mode: str, cfg, device: str, precision: str, warmup: int, iters
         "img_per_s": n / (med * 1e-3), "speedup_vs_eager": None, "kernel_ms_per_iter": kernel_ms,
         "kernels_per_iter": kernels, "wall_over_kernel_time": (med / kernel_ms) if kernel_ms else None,
         "peak_mem_bytes": peak, "data_ms_per_iter": statistics.median(data_ms),
-        "data_fraction": statistics.median(data_ms) / med, "data_wait_ms_per_iter": wait_ms,
-        "data_wait_fraction": wait_ms / med, "prefetch": ("background thread, pinned, depth 2" + (", uint8 staging" if batches.uint8 else "")) if cuda else "inline",
+        "data_fraction": statistics.median(data_ms) / med, "data_wait_ms_per_iter": wait_fraction * med,
+        "data_wait_fraction": wait_fraction, "prefetch": ("background thread, pinned, depth 2" + (", uint8 staging" if batches.uint8 else "")) if cuda else "inline",
         "tf32": _flags(device), "cudnn_benchmark": torch.backends.cudnn.benchmark if cuda else None,
         "iters": iters, "image_size": s, "backbone": cfg.net.backbone, "ngf": cfg.net.ngf,
         "dataset": f"aligned folder: {len(dataset)} random {cfg.net.in_channels}-channel PNG pairs, random crops + flips",
@@ -178,13 +179,32 @@ def measure_step(mode: str, cfg, device: str, precision: str, warmup: int, iters
     }
     if cuda:
         rec["note"] = ("ms_per_iter: wall clock over the timed block / iters (p10/p90: per-iteration GPU timeline); "
-                       "data_wait_fraction: host time the step waited on the prefetcher (the real dataset's batch "
-                       "making) / ms_per_iter; data_fraction: GPU time from the iteration start to the batch being in "
+                       "data_wait_fraction: with the device synchronised after every iteration (the host cannot "
+                       "run ahead), the time spent waiting for the prefetcher's next batch / the wall time of those "
+                       "iterations, i.e. the fraction of time the GPU would wait on data; data_fraction: GPU time from the iteration start to the batch being in "
                        "the step's buffers (H2D copy) / ms_per_iter")
     else:
         rec["note"] = ("CPU: eager only (no CUDA graphs on CPU); fused-eager = the training step with the C++ fused "
                        "ops; data_fraction: batch making (inline on CPU) / ms_per_iter")
     return rec
+
+
+SYNCED_WAIT_ITERS = 10
+
+
+def synced_wait_fraction(batches, run_iter: Callable[[], object], iters: int,
+                         sync: Callable[[], None] = torch.cuda.synchronize) -> float:
+    """Seconds ``batches.next()`` waited / wall seconds, over ``iters`` iterations with the device synchronised
+    after each: the prefetcher gets exactly one step's time to make the next batch, so a wait is time the GPU
+    would sit idle for data (without the sync the host runs ahead of the GPU and waits on the prefetcher
+    even when the GPU never does)."""
+    sync()
+    batches.wait_s = 0.0
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        run_iter()
+        sync()
+    return batches.wait_s / max(time.perf_counter() - t0, 1e-9)
 
 
 def run_step_bench(device: str = "cpu", batch_sizes: list[int] | None = None, json_path: str | None = None,

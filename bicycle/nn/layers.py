@@ -3,13 +3,31 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+
+
+class InstanceNorm(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` (no affine, no running stats) that keeps a channels_last input channels_last.
+
+    torch's kernel returns an NCHW-contiguous tensor for a channels_last input: a layout conversion at
+    every norm of the bf16 (channels_last) step. For such inputs the same maths, (x - mean) / sqrt(var + eps)
+    with the biased variance over H x W, is written in elementwise ops, which keep the layout; the
+    statistics are computed in float32. Contiguous inputs take torch's kernel unchanged. x: [N, C, H, W].
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            xf = x.float()
+            var, mean = torch.var_mean(xf, dim=(2, 3), keepdim=True, correction=0)
+            return ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+        return super().forward(x)
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
     """"instance" (no affine, no running stats, as the reference), "batch" or "none"."""
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        return InstanceNorm(channels, affine=False, track_running_stats=False)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "none":

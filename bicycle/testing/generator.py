@@ -169,9 +169,11 @@ def check_cuda_graph(case: GeneratorCase) -> str:
             (g(static_a, static_z) * weights).sum().backward()
     torch.cuda.current_stream().wait_stream(side)
     g.zero_grad(set_to_none=True)
+    from bicycle.train.graph import capturing
+
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        with capturing(graph):
             static_out = g(static_a, static_z)
             (static_out * weights).sum().backward()
     except Exception as exc:

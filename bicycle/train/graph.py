@@ -31,6 +31,17 @@ from bicycle.train.state import TrainState
 from bicycle.train.step import train_step
 
 DEFAULT_WARMUP = 3
+CAPTURE_ERROR_MODE = "thread_local"
+
+
+def capturing(graph: torch.cuda.CUDAGraph, **kwargs: object):
+    """``torch.cuda.graph(graph)`` as every capture in bicycle runs it: in ``thread_local`` error mode.
+
+    In the default ``global`` mode a CUDA call from ANY thread during the capture (the prefetch thread's
+    ``pin_memory``, whose host allocator queries events) invalidates it; ``thread_local`` checks only the
+    capturing thread, and the prefetch thread never touches the capturing stream.
+    """
+    return torch.cuda.graph(graph, capture_error_mode=CAPTURE_ERROR_MODE, **kwargs)
 
 
 # -- learning rates as device tensors ------------------------------------------------------------
@@ -168,7 +179,7 @@ class GraphedStep:
         for opt in self.state.optimizers.values():
             opt.zero_grad(set_to_none=True)  # grads are then allocated inside the graph's pool
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with capturing(graph):
             self.metrics = self._body()
         self.graph = graph
 
