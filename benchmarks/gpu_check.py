@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The GPU check's driver (benchmarks/gpu_check.sh installs the tree, then runs this).
 
-Parts, run in the order given (``--parts`` / PARTS, default all): env, tests, step, kernels, graph_ops,
-loop, ddp. Each runs as subprocesses under its own time cap, clipped so that the parts after it keep their
-floors within ``--budget``; a failure, crash or timeout of one part is recorded and the next one runs.
+Parts, run in the order given (``--parts`` / PARTS, default all, ordered by value): env, step, kernels,
+graph_ops, tests, loop, ddp. Each runs as subprocesses under its own time cap, a share of ``--budget``,
+clipped so that the parts after it keep their floors (shares too); a failure, crash or timeout of one part
+is recorded and the next one runs.
 This process imports only the standard library: the library (torch, CUDA) runs in children
 (``--child NAME``), so a crash there never loses a result.
 
@@ -18,7 +19,9 @@ budget left); not-run (not reached); running (the driver itself was killed durin
 false). Exit status 0 only when every selected part is ok.
 
 ``--device cpu`` rehearses the device-agnostic parts (step, kernels, loop on small sizes) on a CPU; the
-test-only parts ``fake-*`` rehearse the failure paths (tests/test_gpu_check.py).
+test-only parts ``fake-*`` rehearse the failure paths (tests/test_gpu_check.py); ``--rehearse SCALE`` runs
+every selected real part as a child that sleeps its expected GPU seconds times SCALE (no torch, no CUDA):
+the budget arithmetic and the report, speed table included, rehearsed on any machine in seconds.
 """
 from __future__ import annotations
 
@@ -43,12 +46,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "bicycle-gpu-check/1"
 JSON_NAME, TEXT_NAME, SMI_NAME = "gpu_check.json", "gpu_check.txt", "nvidia-smi.txt"
-POLL_S = 0.5
+POLL_S = 0.1
 END_RESERVE_S = 2.0  # for the last write after the last part
+DEFAULT_BUDGET_S = 400.0
 MIN_PART_S = 5.0
-PROBE_CAP_S = 60.0
+PROBE_SHARE = 0.1  # of the budget
 PER_TEST_TIMEOUT_S = 60
-DISPATCH_CAP_S = 40.0
+DISPATCH_SHARE = 0.4  # of the tests part's limit: the dispatcher's file, before the -m gpu run
 PYTEST_GRACE_S = 15.0  # between SIGINT and SIGKILL: pytest writes its junit report in between
 TAIL_LINES, TAIL_CHARS = 25, 4000
 MAX_FAILURES = 30  # failure texts kept in the report
@@ -56,6 +60,9 @@ STEP_BATCHES = {"cuda": [2, 8, 32], "cpu": [2]}
 KERNEL_SIZES = {"cuda": [1 << 20, 1 << 24, 1 << 26], "cpu": [1 << 16]}
 LOOP_SIZES = {"cuda": {"steps": 20, "image_size": 64, "width": 16, "batch_size": 4},
               "cpu": {"steps": 4, "image_size": 32, "width": 8, "batch_size": 4}}
+# The original implementation (junyanz/BicycleGAN) at the paper's configuration, fp32 eager, one H100:
+# batch -> ms per iteration (shared/environment.md; measured outside this project's runs).
+ORIGINAL_H100_MS = {2: 67.0, 8: 89.4, 32: 92.9}
 # (target, batch, key, comparison, threshold): fast-mode records, fp32 decides "met", bf16 is shown beside
 STEP_TARGETS = [
     ("fast >= 3x in-run eager, batch 2", 2, "speedup_vs_eager", ">=", 3.0),
@@ -214,7 +221,7 @@ def run_cmd(argv: list[str], log: Path, deadline: float, env: dict[str, str], st
     """Run ``argv`` (its own process group, output to ``log``) until it exits or ``deadline``: then
     ``stop_signal`` to the group, SIGKILL ``grace`` seconds later. Leaves no process of the group behind."""
     t0 = time.monotonic()
-    grace = min(grace, max(0.0, deadline - t0) / 4)
+    grace = min(grace, max(0.0, deadline - t0) / 10)
     try:
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -286,16 +293,25 @@ PartFn = Callable[[Ctx, dict], tuple[str, str | None]]
 
 @dataclass(frozen=True)
 class Part:
-    """``run(ctx, data)`` fills ``data`` and returns (status, reason); ``cap_s`` bounds it, ``floor_s`` is
-    kept free for it while earlier parts run. ``on_device``: runs on --device; ``cuda_only``: CUDA or skip;
-    ``probed``: reads the probe (versions, CUDA)."""
+    """``run(ctx, data)`` fills ``data`` and returns (status, reason); ``cap`` (a share of the budget) bounds
+    it, ``floor`` (a share too) is kept free for it while earlier parts run; ``expect_s``: the seconds it is
+    expected to take on an H100 (what ``--rehearse`` sleeps). ``on_device``: runs on --device; ``cuda_only``:
+    CUDA or skip; ``probed``: reads the probe (versions, CUDA)."""
 
     run: PartFn
-    cap_s: float
-    floor_s: float
+    cap: float
+    floor: float
+    expect_s: float = 0.0
     on_device: bool = True
     cuda_only: bool = False
     probed: bool = True
+    shares: bool = True  # False only for the test-only fakes: cap and floor in seconds
+
+    def cap_s(self, budget: float) -> float:
+        return self.cap * budget if self.shares else self.cap
+
+    def floor_s(self, budget: float) -> float:
+        return self.floor * budget if self.shares else self.floor
 
 
 # -- part: env -----------------------------------------------------------------------------------------
@@ -393,7 +409,8 @@ def _counts_text(counts: dict[str, int]) -> str:
 def part_tests(ctx: Ctx, data: dict) -> tuple[str, str | None]:
     """The tests that need the GPU (-m gpu, in parallel when xdist is there), and the dispatcher's file,
     whose tests are unmarked (-m gpu would drop them), first and under its own cap."""
-    runs = [("dispatch", ["tests/test_ops_dispatch.py"], DISPATCH_CAP_S, False), ("gpu", ["-m", "gpu", "tests/"], None, True)]
+    runs = [("dispatch", ["tests/test_ops_dispatch.py"], DISPATCH_SHARE * ctx.left(), False),
+            ("gpu", ["-m", "gpu", "tests/"], None, True)]
     data.update(runs={}, notes=[])
     cases: list[dict] = []
     outcome: list[tuple[str, str]] = []  # (status, reason) per run
@@ -651,19 +668,40 @@ def part_ddp(ctx: Ctx, data: dict) -> tuple[str, str | None]:
 
 # -- the parts -----------------------------------------------------------------------------------------
 
+# In run order, by value: the step benchmark (the headline numbers) right after env. Caps and floors are
+# shares of the budget; expect_s are desk estimates for an H100 (cuDNN tuning at 256 px included).
 PARTS: dict[str, Part] = {
-    "env": Part(part_env, 40, 10, on_device=False),
-    "tests": Part(part_tests, 100, 45, cuda_only=True),
-    "step": Part(records_part("step", step_targets), 110, 50),
-    "kernels": Part(records_part("kernels", kernel_summary), 35, 15),
-    "graph_ops": Part(records_part("graph_ops"), 25, 10, cuda_only=True),
-    "loop": Part(part_loop, 80, 50),
-    "ddp": Part(part_ddp, 60, 25),
+    "env": Part(part_env, 0.08, 0.02, 15, on_device=False),
+    "step": Part(records_part("step", step_targets), 0.40, 0.25, 120),
+    "kernels": Part(records_part("kernels", kernel_summary), 0.08, 0.03, 20),
+    "graph_ops": Part(records_part("graph_ops"), 0.06, 0.02, 15, cuda_only=True),
+    "tests": Part(part_tests, 0.32, 0.10, 100, cuda_only=True),
+    "loop": Part(part_loop, 0.18, 0.08, 50),
+    "ddp": Part(part_ddp, 0.15, 0.05, 40),
 }
-FAKE_PARTS: dict[str, Part] = {name: Part(records_part(name), 2, 1, False, probed=False)  # test-only
+FAKE_PARTS: dict[str, Part] = {name: Part(records_part(name), 2, 1, on_device=False, probed=False, shares=False)
                                for name in ("fake-ok", "fake-measure", "fake-error", "fake-import", "fake-hang",
                                             "fake-truncated")}
 ALL_PARTS = {**PARTS, **FAKE_PARTS}
+
+
+def sleeper(name: str, seconds: float) -> PartFn:
+    """A rehearsal part: a child that sleeps ``seconds`` and writes one record."""
+    def run(ctx: Ctx, data: dict) -> tuple[str, str | None]:
+        part_file = ctx.scratch / f"rehearse-{name}.json"
+        cmd = ctx.child("sleep", part_file, f"{seconds:.3f}", name=f"rehearse-{name}")
+        _absorb_records(data, *read_json(part_file), None)
+        return records_status(cmd, data)
+    return run
+
+
+def part_for(ctx: Ctx, name: str) -> Part:
+    """The part ``name`` runs as: itself, or under ``--rehearse`` (real parts only) its sleeping stand-in."""
+    part = ALL_PARTS[name]
+    if ctx.args.rehearse is None or name not in PARTS:
+        return part
+    return Part(sleeper(name, part.expect_s * ctx.args.rehearse), part.cap, part.floor, part.expect_s,
+                on_device=False, probed=False)
 
 
 def precheck(part: Part, ctx: Ctx) -> tuple[str, str] | None:
@@ -679,17 +717,17 @@ def precheck(part: Part, ctx: Ctx) -> tuple[str, str] | None:
 
 
 def run_part(ctx: Ctx, name: str, later: list[Part], end: float) -> None:
-    part, rec = ALL_PARTS[name], ctx.report.part(name)
+    part, rec = part_for(ctx, name), ctx.report.part(name)
     pre = precheck(part, ctx)
     if pre:
         rec.update(status=pre[0], reason=pre[1])
         ctx.report.write()
         ctx.log(f"{name}: {pre[0]}: {pre[1]}")
         return
-    left = end - time.monotonic()
-    reserve = sum(p.floor_s for p in later if precheck(p, ctx) is None)
-    limit = min(part.cap_s, max(left - reserve, part.floor_s), left)
-    if limit < min(part.floor_s, MIN_PART_S):
+    left, budget = end - time.monotonic(), ctx.args.budget
+    reserve = sum(p.floor_s(budget) for p in later if precheck(p, ctx) is None)
+    limit = min(part.cap_s(budget), max(left - reserve, part.floor_s(budget)), left)
+    if limit < min(part.floor_s(budget), MIN_PART_S):
         rec.update(status="skipped", reason=f"no budget left ({left:.0f} s)")
         ctx.report.write()
         ctx.log(f"{name}: skipped: {rec['reason']}")
@@ -717,7 +755,7 @@ def run_part(ctx: Ctx, name: str, later: list[Part], end: float) -> None:
 def probe(ctx: Ctx, end: float) -> dict:
     """Versions, CUDA, the revision, from a child that imports torch and the library."""
     part_file = ctx.scratch / "probe.json"
-    ctx.deadline = min(end, time.monotonic() + PROBE_CAP_S)
+    ctx.deadline = min(end, time.monotonic() + PROBE_SHARE * ctx.args.budget)
     cmd = ctx.child("probe", part_file)
     doc, error = read_json(part_file)
     if cmd.ok and isinstance(doc, dict):
@@ -741,7 +779,8 @@ def new_doc(args: argparse.Namespace, selected: list[str]) -> dict:
     for name in PARTS:
         parts.setdefault(name, {"status": "skipped", "reason": f"not selected (parts: {','.join(selected)})", "data": {}})
     return {"schema": SCHEMA, "started": utc_now(), "updated": None, "finished": False, "device": args.device,
-            "budget_s": args.budget, "elapsed_s": 0.0, "command": sys.argv, "parts_selected": selected,
+            "budget_s": args.budget, "rehearse": getattr(args, "rehearse", None), "elapsed_s": 0.0, "command": sys.argv,
+            "parts_selected": selected, "run_order": [n for n in selected if n in ALL_PARTS],
             "probe": None, "revision": None, "parts": parts, "exit_status": None, "not_ok": None}
 
 
@@ -778,13 +817,13 @@ def drive(args: argparse.Namespace) -> int:
     try:
         report.write()
         runnable = [n for n in selected if n in ALL_PARTS]
-        if any(ALL_PARTS[n].probed for n in runnable):
+        if any(part_for(ctx, n).probed for n in runnable):
             ctx.probe = probe(ctx, end)
             report.doc["probe"] = ctx.probe
             report.doc["revision"] = ctx.probe.get("revision")
             ctx.log(f"probe: {ctx.probe.get('error') or ctx.probe.get('device_name') or 'no CUDA device'}")
         for i, name in enumerate(runnable):
-            run_part(ctx, name, [ALL_PARTS[n] for n in runnable[i + 1:]], end)
+            run_part(ctx, name, [part_for(ctx, n) for n in runnable[i + 1:]], end)
     except Stopped as exc:
         stopped = str(exc)
         ctx.log(f"stopped by {stopped}")
@@ -817,6 +856,7 @@ def summary_text(doc: dict) -> str:
         reason = str(rec.get("reason") or "")
         lines.append(f"{name:<15}{rec['status']:<9}{_fmt(rec.get('seconds'), '.0f'):>6}{_fmt(rec.get('limit_s'), '.0f'):>6}  "
                      f"{reason[:110]}")
+    lines += _section("speed", lambda _: speed_lines(doc), {})
     for part, fn in (("tests", _tests_lines), ("step", _step_lines), ("kernels", _kernel_lines),
                      ("graph_ops", _graph_ops_lines), ("loop", _loop_lines)):
         lines += _section(part, fn, doc["parts"].get(part, {}).get("data", {}))
@@ -824,6 +864,45 @@ def summary_text(doc: dict) -> str:
         not_ok = ", ".join(f"{n} ({s})" for n, s in doc["not_ok"].items()) or "none"
         lines.append(f"exit status {doc['exit_status']}; not ok: {not_ok}")
     return "\n".join(lines)
+
+
+def speed_table(records: list[dict], device_name: str | None) -> list[dict]:
+    """Per paper batch size: ms/iter and img/s of the fast path (fp32, bf16), the in-run eager reference and
+    the original implementation's published H100 figures; the fast fp32 ratio to the original only when
+    this device is an H100 (None: not measured)."""
+    ok = [r for r in records if isinstance(r, dict) and "error" not in r]
+
+    def ms(mode: str, precision: str, batch: int) -> float | None:
+        return next((_value(r, "ms_per_iter") for r in ok if r.get("mode") == mode and r.get("precision") == precision
+                     and r.get("batch_size") == batch), None)
+    h100 = "H100" in (device_name or "")
+    rows = []
+    for batch, original in ORIGINAL_H100_MS.items():
+        fast = ms("fast", "fp32", batch)
+        rows.append({"batch": batch, "fast_fp32_ms": fast, "fast_bf16_ms": ms("fast", "bf16", batch),
+                     "eager_ms": ms("eager", "fp32", batch), "original_h100_ms": original,
+                     "fast_fp32_vs_original": original / fast if fast and h100 else None})
+    return rows
+
+
+def speed_lines(doc: dict) -> list[str]:
+    device = (doc.get("probe") or {}).get("device_name")
+    step = doc["parts"].get("step", {}).get("data", {})
+    rows = speed_table(_dicts(step.get("records")), device)
+
+    def cell(ms: float | None, batch: int) -> str:
+        return f"{ms:7.1f} ms {batch / ms * 1e3:7.1f} img/s" if ms else f"{'n/a':>7}    {'n/a':>7}      "
+    lines = [f"speed: paper configuration (256 px, unet256, z at all layers, bs as shown), on "
+             f"{device or 'no CUDA device'}; original = junyanz/BicycleGAN fp32 eager, published H100 figures",
+             f"  {'batch':>5}  {'fast fp32':<26}{'fast bf16':<26}{'eager, this run':<26}{'original (H100)':<26}"
+             f"fast fp32 vs original"]
+    for r in rows:
+        b = r["batch"]
+        ratio = r["fast_fp32_vs_original"]
+        ratio_text = f"{ratio:.2f}x" if ratio else ("n/a" if "H100" in (device or "") else "n/a (not an H100)")
+        lines.append(f"  {b:>5}  {cell(r['fast_fp32_ms'], b):<26}{cell(r['fast_bf16_ms'], b):<26}"
+                     f"{cell(r['eager_ms'], b):<26}{cell(r['original_h100_ms'], b):<26}{ratio_text}")
+    return lines
 
 
 def _section(part: str, fn: Callable[[dict], list[str]], data: dict) -> list[str]:
@@ -986,6 +1065,12 @@ def child_compare(part_file: Path, _device: str, args: list[str]) -> None:
     })
 
 
+def child_sleep(part_file: Path, _device: str, args: list[str]) -> None:
+    seconds = float(args[0])
+    time.sleep(seconds)
+    write_json(part_file, {"records": [{"slept_s": seconds}]})
+
+
 def _fake(kind: str) -> Callable[[Path, str, list[str]], None]:
     """Test-only children: a good part, a failing measurement, a crash, a missing module, a hang, a
     truncated part file."""
@@ -1008,7 +1093,7 @@ def _fake(kind: str) -> Callable[[Path, str, list[str]], None]:
 
 CHILDREN: dict[str, Callable[[Path, str, list[str]], None]] = {
     "probe": child_probe, "step": child_step, "kernels": child_kernels, "graph_ops": child_graph_ops,
-    "compare": child_compare, **{name: _fake(name) for name in FAKE_PARTS},
+    "compare": child_compare, "sleep": child_sleep, **{name: _fake(name) for name in FAKE_PARTS},
 }
 
 
@@ -1019,7 +1104,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out", help="results folder (default $OUT)")
     p.add_argument("--parts", default=os.environ.get("PARTS"),
                    help=f"comma-separated, run in this order (default $PARTS, else all: {','.join(PARTS)})")
-    p.add_argument("--budget", type=float, default=285.0, help="seconds for everything (default 285)")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
+                   help=f"seconds for everything; each part's cap and floor are shares of it (default {DEFAULT_BUDGET_S:g})")
+    p.add_argument("--rehearse", type=float, metavar="SCALE",
+                   help="run each selected real part as a sleep of its expected H100 seconds x SCALE (no torch)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--python", default=sys.executable, help="the interpreter for the children")
     p.add_argument("--install", default="not recorded", help="what the wrapper's install step did")

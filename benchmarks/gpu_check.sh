@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# The GPU check, in one call of at most 5 minutes on one H100/H200 (torch + triton preinstalled, no network):
+# The GPU check on one H100/H200 (torch + triton preinstalled, no network).
 #   here:  bash benchmarks/gpu_prepare.sh          (writes benchmarks/REVISION.json, gitignored)
-#   there: OUT=$OUT bash benchmarks/gpu_check.sh   (carry: ["benchmarks/REVISION.json"])
+#   there: OUT=$OUT bash benchmarks/gpu_check.sh   (carry: ["benchmarks/REVISION.json"]; timeout_s >= TOTAL + 30)
 # Installs the tree (pip -e, no build isolation, no index; when that fails it runs from the tree without
-# bicycle._C), then runs benchmarks/gpu_check.py under timeout: the parts, their time caps and the one
-# report, OUT/gpu_check.json (+ gpu_check.txt, nvidia-smi.txt, install.log). Every part runs even when
-# one fails; the exit status is 0 only when every selected part is ok.
-#   PARTS=tests,step   rerun only these parts (env, tests, step, kernels, graph_ops, loop)
+# bicycle._C), then runs benchmarks/gpu_check.py under timeout: the parts in order of value (env, step,
+# kernels, graph_ops, tests, loop, ddp), each capped at a share of BUDGET with floors kept for the parts
+# after it, and the one report, OUT/gpu_check.json (+ gpu_check.txt with the speed table, nvidia-smi.txt,
+# install.log). Every part runs even when one fails; the exit status is 0 only when every selected part is ok.
+#   BUDGET=400         seconds for the parts (after the install); every cap and floor is a share of it
+#   TOTAL=440          seconds for install + parts: the parts get min(BUDGET, TOTAL - install - 5)
+#   PARTS=step,tests   only these parts, in this order (env, step, kernels, graph_ops, tests, loop, ddp)
 #   INSTALL=0          skip the install (a warm machine that has it already)
-#   BUDGET=285         seconds for everything after the install; TOTAL=300 caps install + budget
 #   PYTHON=python3     the interpreter; INSTALL_TIMEOUT=60
+# As two calls on one warm machine (each call's OUT comes back on its own):
+#   1. PARTS=env,step,kernels,graph_ops BUDGET=240 TOTAL=280 OUT=$OUT bash benchmarks/gpu_check.sh
+#   2. INSTALL=0 PARTS=tests,loop,ddp BUDGET=240 TOTAL=250 OUT=$OUT bash benchmarks/gpu_check.sh
+# Rehearse the budget on any machine (no GPU, no torch; each part sleeps its expected seconds x 0.05):
+#   python3 benchmarks/gpu_check.py --rehearse 0.05 --budget 20 --out /tmp/rehearsal
 set -u
 PY=${PYTHON:-python3}
 OUT=${OUT:-$PWD/gpu_check_out}
-BUDGET=${BUDGET:-285}
-TOTAL=${TOTAL:-300}
+BUDGET=${BUDGET:-400}
+TOTAL=${TOTAL:-440}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.." || exit 2
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_sh.XXXXXX")

@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "benchmarks" / "gpu_check.py"
-REAL = ["env", "tests", "step", "kernels", "graph_ops", "loop", "ddp"]
+REAL = ["env", "step", "kernels", "graph_ops", "tests", "loop", "ddp"]  # in run order
 FAKES = ["fake-ok", "fake-measure", "fake-error", "fake-import", "fake-hang", "fake-truncated"]
 STATUSES = {"ok", "failed", "error", "timeout", "skipped", "not-run"}
 
@@ -83,7 +83,7 @@ def test_every_part_is_listed_with_its_status_and_reason(full_run):
     assert parts["fake-import"]["status"] == "error"
     assert "ModuleNotFoundError: No module named 'bicycle_no_such_module'" in parts["fake-import"]["reason"]
     assert parts["fake-hang"]["status"] == "timeout" and parts["fake-hang"]["data"]["records"] == [{"n": 1}]
-    assert parts["fake-hang"]["seconds"] <= gc.FAKE_PARTS["fake-hang"].cap_s + 1
+    assert parts["fake-hang"]["seconds"] <= gc.FAKE_PARTS["fake-hang"].cap_s(120) + 1
     assert parts["fake-truncated"]["status"] == "error" and "unreadable" in parts["fake-truncated"]["reason"]
     assert parts["no-such-part"]["status"] == "error" and "unknown part" in parts["no-such-part"]["reason"]
     assert rc == 1 and doc["exit_status"] == 1
@@ -251,3 +251,53 @@ def test_records_of_an_unexpected_shape_cost_their_lines_not_the_report(tmp_path
     text = (tmp_path / "gpu_check.txt").read_text()
     assert "step:" in text and "kernels: (cannot summarize" in text
     assert _strict_json(tmp_path / "gpu_check.json")["parts"]["step"]["data"]["records"][1] == "garbage"
+
+
+def test_the_parts_run_by_value_with_caps_and_floors_as_shares_of_the_budget():
+    assert list(gc.PARTS) == REAL and REAL[:2] == ["env", "step"]  # the headline numbers right after env
+    for name, part in gc.PARTS.items():
+        assert part.shares and 0 < part.floor < part.cap <= 0.5, name
+        assert part.cap_s(800) == 2 * part.cap_s(400)  # raising the budget raises every cap
+        assert part.cap_s(gc.DEFAULT_BUDGET_S) >= 1.2 * part.expect_s, name  # room over the desk estimate
+    assert sum(p.expect_s for p in gc.PARTS.values()) <= 0.95 * gc.DEFAULT_BUDGET_S
+
+
+def test_a_rehearsal_with_every_part_taking_its_expected_time_fits_the_default_budget(tmp_path):
+    """Each real part sleeps its expected H100 seconds x 0.04 in a budget of the default x 0.04 (+ the
+    driver's fixed reserve and child start-ups, which do not scale): every part runs, in order, and is ok."""
+    scale = 0.04
+    budget = gc.DEFAULT_BUDGET_S * scale + 4
+    proc = subprocess.run([sys.executable, str(DRIVER), "--out", str(tmp_path), "--rehearse", str(scale), "--budget", str(budget)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    doc = _strict_json(tmp_path / "gpu_check.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert doc["run_order"] == REAL and list(doc["parts"]) == REAL
+    started = [doc["parts"][n]["started"] for n in REAL]
+    assert started == sorted(started)
+    for name in REAL:
+        rec = doc["parts"][name]
+        assert rec["status"] == "ok" and rec["data"]["records"] == [{"slept_s": round(gc.PARTS[name].expect_s * scale, 3)}]
+    assert doc["elapsed_s"] <= budget
+
+
+def test_the_speed_table_sets_the_fast_path_beside_eager_and_the_original():
+    recs = [{"mode": "eager", "precision": "fp32", "batch_size": 2, "ms_per_iter": 60.0},
+            {"mode": "fast", "precision": "fp32", "batch_size": 2, "ms_per_iter": 20.0},
+            {"mode": "fast", "precision": "bf16", "batch_size": 2, "ms_per_iter": 16.0},
+            {"mode": "fast", "precision": "fp32", "batch_size": 8, "error": "boom"}]
+    rows = {r["batch"]: r for r in gc.speed_table(recs, "NVIDIA H100 80GB HBM3")}
+    assert set(rows) == {2, 8, 32}
+    assert rows[2]["fast_fp32_ms"] == 20.0 and rows[2]["fast_bf16_ms"] == 16.0 and rows[2]["eager_ms"] == 60.0
+    assert rows[2]["original_h100_ms"] == 67.0 and rows[2]["fast_fp32_vs_original"] == pytest.approx(67.0 / 20.0)
+    assert rows[8]["fast_fp32_ms"] is None and rows[8]["fast_fp32_vs_original"] is None
+    h200 = {r["batch"]: r for r in gc.speed_table(recs, "NVIDIA H200")}
+    assert h200[2]["fast_fp32_vs_original"] is None  # a ratio against the original only on an H100
+    doc = {"probe": {"device_name": "NVIDIA H200"}, "parts": {"step": {"data": {"records": recs}}}}
+    text = "\n".join(gc.speed_lines(doc))
+    assert "20.0 ms" in text and "100.0 img/s" in text and "n/a (not an H100)" in text and "92.9 ms" in text
+
+
+def test_the_rehearsal_text_carries_the_speed_table_with_unmeasured_cells(full_run):
+    out, *_ = full_run
+    table = (out / "gpu_check.txt").read_text()
+    assert "speed: paper configuration" in table and "67.0 ms" in table and "n/a" in table

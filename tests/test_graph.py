@@ -237,6 +237,7 @@ def test_graphed_step_bf16_eager_path_runs():
     assert g.a.is_contiguous(memory_format=torch.channels_last)
     m = g.step(a, b)
     assert all(torch.isfinite(v) for v in m.values())
+    assert {k: v.dtype for k, v in m.items()} == {k: torch.float32 for k in m}  # what the guard and the log read
 
 
 # -- GPU: properties (i)-(v) of the graph-replayed step -------------------------------------------------
@@ -502,3 +503,42 @@ def test_gpu_viii_capture_with_the_prefetch_thread_pinning_batches():
         stop.set()
         pinner.join(timeout=10)
     assert g.captured and pinned
+
+
+def _cuda_train_args(run_dir, *extra):
+    return ["train", "--device", "cuda", "--steps", "4", "--image-size", "32", "--ngf", "8", "--nef", "8", "--ndf", "8",
+            "--batch-size", "4", "--log-every", "1", "--sample-every", "100", "--checkpoint-every", "4",
+            "--run-dir", str(run_dir), *extra]
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(240)  # torch.compile's first compilation of G, E and both D
+@pytest.mark.parametrize("graphs", ["--no-cuda-graphs", "--cuda-graphs"])
+def test_gpu_ix_compile_trains_on_cuda(tmp_path, graphs):
+    """--compile on CUDA, eager and inside the captured iteration: trains to the end, finite losses, a checkpoint."""
+    r = CliRunner().invoke(main, _cuda_train_args(tmp_path / "run", "--compile", graphs))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+    assert "nan" not in r.output.lower()
+
+
+@pytest.mark.gpu
+def test_gpu_x_bf16_trains_with_channels_last_norms_and_fp32_losses(tmp_path):
+    """bf16 + channels_last through the captured step: the instance norms keep the layout (no conversion)
+    and the losses the guard and the log read are float32."""
+    state, a, b, cfg, _ = _gpu_state(size=32, batch=4, **{"train.precision": "bf16"})
+    prepare_networks(state.nets, "bf16")
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+             for m in state.nets.G.modules() if type(m).__name__ == "InstanceNorm"]
+    g = GraphedStep(state, tuple(a.shape), tuple(b.shape), cfg.net.nz, "cuda", {k: cfg.optim.lr for k in state.optimizers},
+                    precision="bf16")
+    g.set_lr_factor(1.0)
+    for _ in range(g.warmup + 2):
+        metrics = g.step(a, b)
+    for h in hooks:
+        h.remove()
+    assert g.captured and seen and all(seen)
+    assert all(v.dtype == torch.float32 and math.isfinite(float(v)) for v in metrics.values()), metrics
+    r = CliRunner().invoke(main, _cuda_train_args(tmp_path / "run", "--precision", "bf16"))
+    assert r.exit_code == 0, r.output
