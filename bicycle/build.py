@@ -20,13 +20,20 @@ from bicycle.nn.encoder import ENCODERS
 from bicycle.registry import DatasetSpec, GeneratorArgs, Registry
 
 def dataset_name(cfg: RunConfig) -> tuple[str, str | None]:
-    """(dataset plugin name, path or None). An existing path wins over a dataset name."""
+    """(dataset plugin name, path or None). An existing path wins over a dataset name; ``NAME:ARG`` names
+    the dataset NAME with the argument ARG (e.g. ``procedural:7``: task 7)."""
     data = cfg.data.data
     if os.path.exists(data):
         return "aligned", data
     if os.sep in data or data.startswith("."):
         raise ConfigError(f"data folder {data!r} does not exist")
-    return data, None
+    return data.split(":", 1)[0], None
+
+
+def dataset_argument(cfg: RunConfig) -> str | None:
+    """ARG of ``--data NAME:ARG`` (None without one, or for a folder)."""
+    data = cfg.data.data
+    return None if os.path.exists(data) or ":" not in data else data.split(":", 1)[1]
 
 
 def dataset_request(cfg: RunConfig, split: str, channels: tuple[int, int] | None = None) -> DatasetRequest:
@@ -34,6 +41,8 @@ def dataset_request(cfg: RunConfig, split: str, channels: tuple[int, int] | None
     _, path = dataset_name(cfg)
     train = split == "train"
     extra = (("channels", channels),) if channels is not None else ()
+    if (arg := dataset_argument(cfg)) is not None:
+        extra += (("task", arg),)
     return DatasetRequest(split=split, image_size=cfg.net.image_size, path=path, direction=cfg.data.direction,  # type: ignore[arg-type]
                           flip=cfg.data.flip and train, load_size=cfg.data.load_size, seed=cfg.train.seed,
                           options=(("modes", cfg.data.modes), ("impl", cfg.train.impl),
