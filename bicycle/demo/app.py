@@ -10,6 +10,7 @@ image, status; ``interpolate`` (input, first, last, frames) -> GIF, status.
 """
 
 import functools
+import itertools
 import os
 import tempfile
 from collections.abc import Callable
@@ -66,6 +67,10 @@ class Demo:
 
     def __init__(self, model, examples: list[Image.Image], polarity: Polarity) -> None:
         self.model, self.examples, self.polarity = model, examples, polarity
+        # Outputs are handed to Gradio as files with names never used twice: Gradio caches images by content,
+        # and rewriting one cached file while another request downloads it cuts that download short.
+        self._files = tempfile.TemporaryDirectory(prefix="bicycle-demo-")
+        self._count = itertools.count()
         cfg = model.config
         self.uses_z = cfg.train.model != "pix2pix"
         self.has_encoder = model.has_encoder
@@ -73,6 +78,11 @@ class Demo:
         self.filled_inputs = False
         self.name = (f"{cfg.train.model} · {cfg.net.backbone}/{cfg.net.inject} · {cfg.net.image_size} px · "
                      f"step {model.step} · {model.path}")
+
+    def _save(self, image: Image.Image, suffix: str = ".png", **save: object) -> str:
+        path = Path(self._files.name) / f"{next(self._count):08d}{suffix}"
+        image.save(path, **save)
+        return str(path)
 
     # -- codes ------------------------------------------------------------------------------------------
     def source(self, choice: str) -> tuple[str, str]:
@@ -107,7 +117,7 @@ class Demo:
         codes = self.model.random_z(1, n, seed, z_source=source, temperature=float(temperature))[0]
         outs = self.model.translate(inp, z=codes)
         session.codes, session.seed, session.source, session.picked = codes, seed, source, 0
-        gallery = [(im, f"#{i} · seed {seed} · z {source}") for i, im in enumerate(outs)]
+        gallery = [(self._save(im), f"#{i} · seed {seed} · z {source}") for i, im in enumerate(outs)]
         status = f"{len(outs)} output(s) by **{self.name}**; z source: {how}; seed {seed}; temperature {float(temperature):g}"
         return gallery, session, *self.slider_values(session), status
 
@@ -128,7 +138,7 @@ class Demo:
         session = session or Session()
         code = session.codes[session.picked].clone() if session.codes is not None else torch.zeros(self.model.nz)
         code[:len(values)] = torch.tensor([float(v) for v in values])
-        out = self.model.translate(self._input(value, fill), z=code[None])[0]
+        out = self._save(self.model.translate(self._input(value, fill), z=code[None])[0])
         shown = ", ".join(f"{v:+.2f}" for v in code[:self.sliders].tolist())
         return out, f"code ({shown}{', ...' if self.model.nz > self.sliders else ''}) by **{self.name}**"
 
@@ -136,7 +146,7 @@ class Demo:
         if not self.has_encoder:
             raise BicycleError("this model has no encoder: it cannot take the style of a reference")
         ref = read_upload(path, "the reference")
-        out = self.model.translate(self._input(value, fill), reference=ref)[0]
+        out = self._save(self.model.translate(self._input(value, fill), reference=ref)[0])
         return out, f"in the style of {Path(path).name} (its code from the encoder) by **{self.name}**"
 
     def interpolate(self, value: object, fill: bool, first: float, last: float, frames: float, session: Session | None):
@@ -149,10 +159,9 @@ class Demo:
         if not 2 <= frames <= MAX_FRAMES:
             raise BicycleError(f"frames: choose 2 to {MAX_FRAMES}, got {frames}")
         images = self.model.interpolate(self._input(value, fill), session.codes[i], session.codes[j], frames)
-        path = Path(tempfile.mkdtemp(prefix="bicycle-demo-")) / f"walk_{i}_{j}.gif"
         rgb = [im.convert("RGB") for im in images]
-        rgb[0].save(path, save_all=True, append_images=rgb[1:], duration=120, loop=0)
-        return str(path), f"{frames} frames from output #{i} to #{j} (seed {session.seed}, z {session.source})"
+        path = self._save(rgb[0], ".gif", save_all=True, append_images=rgb[1:], duration=120, loop=0)
+        return path, f"{frames} frames from output #{i} to #{j} (seed {session.seed}, z {session.source})"
 
     def load_upload(self, path: str | None):
         img = read_upload(path, "the input")
@@ -166,7 +175,7 @@ def build(demo: Demo):
     import gradio as gr
 
     blank = demo.polarity.blank()
-    with gr.Blocks(title="bicycle demo", analytics_enabled=False) as page:
+    with gr.Blocks(title="bicycle demo", analytics_enabled=False, delete_cache=(600, 3600)) as page:
         gr.Markdown(f"## bicycle: one input, many outputs\n{demo.name}")
         session = gr.State(Session())
         status = gr.Markdown("Draw an input (or upload one), then **Generate**.", elem_id="status")
@@ -206,7 +215,7 @@ def build(demo: Demo):
                                              elem_id=f"z{k}", min_width=120))
             if demo.model.nz > demo.sliders:
                 gr.Markdown(f"the first {demo.sliders} of {demo.model.nz} dimensions; the others keep the output's values")
-            walked = gr.Image(label="the steered output", type="pil", elem_id="walked", height=CANVAS)
+            walked = gr.Image(label="the steered output", type="filepath", elem_id="walked", height=CANVAS)
         with gr.Accordion("walk between two outputs (animated GIF)", open=False, visible=demo.uses_z):
             with gr.Row():
                 first = gr.Number(0, precision=0, label="from output #")
@@ -217,7 +226,7 @@ def build(demo: Demo):
         with gr.Accordion("take the style of a reference image", open=False, visible=demo.has_encoder and demo.uses_z):
             ref = gr.File(label="reference image", type="filepath", elem_id="reference")
             ref_go = gr.Button("Use its style")
-            styled = gr.Image(label="in the reference's style", type="pil", height=CANVAS, elem_id="styled")
+            styled = gr.Image(label="in the reference's style", type="filepath", height=CANVAS, elem_id="styled")
 
         go.click(_guarded(2 + demo.sliders)(demo.generate), [editor, n, seed, choice, temperature, fill, session],
                  [gallery, session, *sliders, status], api_name="generate")
