@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 
@@ -27,13 +28,18 @@ def dataset_name(cfg: RunConfig) -> tuple[str, str | None]:
         return "aligned", data
     if os.sep in data or data.startswith("."):
         raise ConfigError(f"data folder {data!r} does not exist")
-    return data.split(":", 1)[0], None
+    named = _NAME_ARG.fullmatch(data)
+    return (named.group(1) if named else data), None
+
+
+_NAME_ARG = re.compile(r"([A-Za-z0-9_.-]+):(\S+)")
 
 
 def dataset_argument(cfg: RunConfig) -> str | None:
     """ARG of ``--data NAME:ARG`` (None without one, or for a folder)."""
     data = cfg.data.data
-    return None if os.path.exists(data) or ":" not in data else data.split(":", 1)[1]
+    named = None if os.path.exists(data) else _NAME_ARG.fullmatch(data)
+    return named.group(2) if named else None
 
 
 def dataset_request(cfg: RunConfig, split: str, channels: tuple[int, int] | None = None) -> DatasetRequest:
