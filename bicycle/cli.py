@@ -12,11 +12,6 @@ import click
 from bicycle.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError
 from bicycle.reporting import run_reporting
 
-PRESET_NOTES = {
-    "demo": "small and fast: 32 px shapes, calibrated to finish within 10 minutes on an idle 2-core CPU",
-    "paper": "the paper's configuration: 256 px, unet256, z at all layers, batch 2, lr 2e-4",
-}
-
 
 _run = run_reporting
 
@@ -57,7 +52,7 @@ _TRAIN_KEYS = {
 @click.option("--batch-size", type=int)
 @click.option("--steps", type=int, help="training iterations")
 @click.option("--seed", type=int)
-@click.option("--preset", type=click.Choice(sorted(PRESET_NOTES)), default="demo", show_default=True)
+@click.option("--preset", type=click.Choice(["demo", "paper"]), default="demo", show_default=True)
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="default: runs/<preset>-<time>")
 @click.option("--device", help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -132,8 +127,8 @@ def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Pa
         echo(f"bicycle train: resuming {resume_dir} (preset {cfg.preset}) at step {ckpt.step} of {cfg.train.steps}")
         run_dir = resume_dir
     else:
-        cfg = _new_config(preset, flags, registry)
-        echo(f"bicycle train: preset {preset} ({PRESET_NOTES[preset]})")
+        cfg, band = _new_config(preset, flags, registry)
+        echo(f"bicycle train: preset {preset}, size band {band.name} ({band.summary})")
     if dry_run:
         from bicycle.build import resolve
         echo(resolve(cfg, registry).to_json())
@@ -154,7 +149,7 @@ def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Pa
 
 
 def _new_config(preset: str, flags: dict, registry):
-    from bicycle.config import PRESETS, preset_config, validate
+    from bicycle.config import PRESETS, resolve_preset, validate
 
     overrides = {_TRAIN_KEYS[k]: v for k, v in flags.items() if v is not None}
     backbone = overrides.get("net.backbone")
@@ -163,7 +158,8 @@ def _new_config(preset: str, flags: dict, registry):
         if implied:
             overrides["net.image_size"] = implied
     spec = registry.backbone(backbone or PRESETS[preset].net.backbone)
-    return validate(preset_config(preset, overrides, decoder_points=spec.decoder_points))
+    cfg, band = resolve_preset(preset, overrides, decoder_points=spec.decoder_points)
+    return validate(cfg), band
 
 
 def _resumed_config(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path, stored, flags: dict):

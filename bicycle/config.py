@@ -167,16 +167,7 @@ RESUMABLE_KEYS = frozenset(
      "train.cuda_graphs", "train.precision", "train.compile"}
 )
 
-# Presets. "demo" is calibrated to train within 8 minutes on a 2-core CPU (375-422 s measured, benchmarks/results/ablation).
 PRESETS: dict[str, RunConfig] = {
-    # demo: the paper's networks and losses at 32 px with widths 32, batch 8 instead of 2 and a 5x
-    # larger LR so that modes appear within minutes (measured: at lr 2e-4 the run collapsed to one or
-    # two colours in the same budget). lambda_KL: the KL is a SUM over the encoded half-batch, 4x the
-    # paper's, so the paper's per-sample balance is 0.0025; the demo uses 10x that (0.025), ramped up
-    # over the first 30% of 5000 steps. Calibrated on the built-in shapes dataset
-    # (benchmarks/results/demo_calibration_20261126.json): at the paper's balance the encoder used all
-    # 8 dimensions with narrow posteriors, so random z landed where no encoded ground truth was and often
-    # gave blends of colours; the stronger, ramped KL leaves 2-4 dimensions in use and the rest at the prior.
     "demo": RunConfig(
         preset="demo",
         net=NetworkConfig(backbone="unet", inject="all", image_size=32, ngf=32, nef=32, ndf=32, dropout=False),
@@ -193,58 +184,79 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
-# The original's recipe per size where it differs from the 256-px one: unet_128, the 2-layer multi-scale
-# discriminator (basic_128_multi), resnet_128 (the encoder's blocks follow the size by themselves).
-PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128", "net.d_layers": 2}}
+@dataclass(frozen=True)
+class SizeBand:
+    """The values a preset takes for image sizes from ``low`` to ``high`` px (None: no bound), each unless the
+    user sets that key. ``steps_at_128``: the run's length follows the image size (:func:`band_steps`) when
+    ``train.steps`` is not given. A ``net.inject`` value applies only to backbones with decoder injection points.
+    Why each value: docs/presets.md."""
+
+    name: str
+    summary: str
+    low: int | None = None
+    high: int | None = None
+    values: tuple[tuple[str, Any], ...] = ()
+    steps_at_128: int | None = None
+
+    def holds(self, image_size: int) -> bool:
+        return (self.low is None or image_size >= self.low) and (self.high is None or image_size <= self.high)
 
 
-# The demo preset above 32 px (a user's images): the paper's batch (2) and lambda_KL (0.01), widths 16 and, up to
-# 128 px, the original's 128-px discriminator (2 layers): a 128-px step costs a fifth of one at the 32-px recipe's
-# batch 8 and widths 32, so the same minutes buy 5x the updates. Chosen on shapes-unequal and shapes-outline-big at
-# 128 px (benchmarks/README.md, "Defaults on unseen data"). Up to 128 px the LR is twice the 32-px demo's: at one
-# image per update per network 1e-3 left G too slow to learn every fill colour (benchmarks/README.md, "A larger LR");
-# a 256-px smoke run at 2e-3 drew no valid output, so there the demo keeps 1e-3.
-DEMO_LARGER: dict[str, Any] = {"train.batch_size": 2, "loss.kl": 0.01, "net.ngf": 16, "net.nef": 16, "net.ndf": 16,
-                               "net.inject": "all-film"}
-DEMO_LARGER_SMALL = 128  # up to this size: the original's 128-px D (its stride-2 layers) and DEMO_LARGER_SMALL_LR
-DEMO_LARGER_SMALL_LR = 2e-3
-DEMO_STEPS_128 = 4500
+_DEMO_LARGER = (("train.batch_size", 2), ("loss.kl", 0.01), ("net.ngf", 16), ("net.nef", 16), ("net.ndf", 16),
+                ("net.inject", "all-film"))
+
+SIZE_BANDS: dict[str, tuple[SizeBand, ...]] = {
+    "demo": (
+        SizeBand("32 px", "32 px shapes, widths 32, batch 8, lr 1e-3, lambda_KL 0.025 ramped", high=32),
+        SizeBand("33-128 px", "widths 16, batch 2, lambda_KL 0.01, a 2-layer D, lr 2e-3, length by image size",
+                 low=33, high=128, values=_DEMO_LARGER + (("net.d_layers", 2), ("optim.lr", 2e-3)), steps_at_128=4500),
+        SizeBand("over 128 px", "widths 16, batch 2, lambda_KL 0.01, lr 1e-3, length by image size",
+                 low=129, values=_DEMO_LARGER, steps_at_128=4500),
+    ),
+    "paper": (
+        SizeBand("128 px", "the original's 128-px recipe: unet128, a 2-layer multi-scale D", low=128, high=128,
+                 values=(("net.backbone", "unet128"), ("net.d_layers", 2))),
+        SizeBand("other sizes", "the paper's configuration: unet256, z at all layers, batch 2, lr 2e-4"),
+    ),
+}
+
+
+def size_band(preset: str, image_size: int) -> SizeBand:
+    """The band of ``preset`` that holds ``image_size`` (the first that does)."""
+    return next(b for b in SIZE_BANDS[preset] if b.holds(image_size))
+
+
+def band_steps(band: SizeBand, image_size: int) -> int | None:
+    """A band's length at ``image_size`` px: ``steps_at_128`` at 128 px and 4x fewer per 2x the size (a step's cost
+    grows with the pixel count), rounded to 10, within [10, 5000]; None when the band keeps the preset's length."""
+    if band.steps_at_128 is None:
+        return None
+    return max(10, min(5000, int(round(band.steps_at_128 * (128 / image_size) ** 2 / 10)) * 10))
 
 
 def demo_steps(image_size: int) -> int:
-    """The demo preset's length at ``image_size`` px: 5000 steps at 32 px; above, :data:`DEMO_STEPS_128` at 128 px
-    and 4x fewer per 2x the size (a step's cost grows with the pixel count), at most 5000 (rounded to 10: 5000 at
-    64 px, 4500 at 128, 1120 at 256), so that a run on a user's images ends by itself within ~13 minutes on a 2-core
-    CPU (benchmarks/README.md)."""
-    if image_size <= 32:
-        return 5000
-    return max(10, min(5000, int(round(DEMO_STEPS_128 * (128 / image_size) ** 2 / 10)) * 10))
+    """The demo preset's length at ``image_size`` px."""
+    return band_steps(size_band("demo", image_size), image_size) or PRESETS["demo"].train.steps
 
 
 def preset_config(name: str, overrides: dict[str, Any], *, decoder_points: bool = True) -> RunConfig:
-    """A preset with ``overrides``; the ``paper`` preset at 128 px takes the original's 128-px recipe
-    (:data:`PAPER_SIZE_RECIPES`) for every key the overrides leave out; the ``demo`` preset above 32 px takes
-    :data:`DEMO_LARGER` (and up to :data:`DEMO_LARGER_SMALL` px a 2-layer D and lr :data:`DEMO_LARGER_SMALL_LR`) for
-    every key the overrides leave out, and a length that follows the image size (:func:`demo_steps`) unless
-    ``train.steps`` is given, with a sample grid and a checkpoint every tenth of the run. ``decoder_points``: whether
-    the run's backbone offers decoder injection points; without them the demo keeps the preset's concatenating
-    injector."""
+    """A preset with ``overrides`` and, for every key the overrides leave out, the values of the size band that
+    holds the image size (:data:`SIZE_BANDS`). ``decoder_points``: whether the run's backbone offers decoder
+    injection points; without them a band's ``net.inject`` is not taken."""
+    return resolve_preset(name, overrides, decoder_points=decoder_points)[0]
+
+
+def resolve_preset(name: str, overrides: dict[str, Any], *,
+                   decoder_points: bool = True) -> tuple[RunConfig, SizeBand]:
+    """:func:`preset_config` and the size band that applied."""
     cfg = replace(PRESETS[name], overrides)
-    extra: dict[str, Any] = {}
-    if name == "paper":
-        extra = dict(PAPER_SIZE_RECIPES.get(cfg.net.image_size, {}))
-    elif name == "demo" and cfg.net.image_size > 32:
-        extra = dict(DEMO_LARGER)
-        if not decoder_points:
-            del extra["net.inject"]
-        if cfg.net.image_size <= DEMO_LARGER_SMALL:
-            extra["net.d_layers"] = PAPER_SIZE_RECIPES[DEMO_LARGER_SMALL]["net.d_layers"]
-            extra["optim.lr"] = DEMO_LARGER_SMALL_LR
-        if overrides.get("train.steps") is None:
-            steps = demo_steps(cfg.net.image_size)
-            extra.update({"train.steps": steps, "train.sample_every": max(1, steps // 10),
-                          "train.checkpoint_every": max(1, steps // 10)})
-    return replace(cfg, {k: v for k, v in extra.items() if overrides.get(k) is None})
+    band = size_band(name, cfg.net.image_size)
+    extra = {k: v for k, v in band.values if decoder_points or k != "net.inject"}
+    steps = band_steps(band, cfg.net.image_size)
+    if steps is not None and overrides.get("train.steps") is None:
+        extra.update({"train.steps": steps, "train.sample_every": max(1, steps // 10),
+                      "train.checkpoint_every": max(1, steps // 10)})
+    return replace(cfg, {k: v for k, v in extra.items() if overrides.get(k) is None}), band
 
 
 def replace(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
