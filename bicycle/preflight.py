@@ -35,7 +35,7 @@ def resume_config(stored: RunConfig, requested: RunConfig | None, changed: set[s
     if bad:
         diffs = ", ".join(f"{k} (run: {s.get(k)!r}, requested: {r[k]!r})" for k in bad)
         raise ConfigError(f"--resume may only change --steps, the device and logging flags; differs: {diffs}")
-    return replace(stored, {k: r[k] for k in changed if k in RESUMABLE_KEYS})
+    return replace(stored, {k: r[k] for k in changed if k in RESUMABLE_KEYS}, keep_none=True)
 
 
 def check_resume_steps(cfg: RunConfig, done: int) -> None:
