@@ -110,7 +110,7 @@ def check_inference(device: str, seed: int, out_dir: Path | None = None, json_pa
     images and the output paths, before loading anything."""
     from bicycle.build import pick_device
     from bicycle.config import MAX_SEED
-    from bicycle.posterior import check_z_source
+    from bicycle.inference.posterior import check_z_source
 
     check_z_source(z_source, temperature)
     pick_device(device)

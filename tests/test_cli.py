@@ -162,11 +162,11 @@ def test_eval_writes_every_measure_and_its_protocol(run_dir, tmp_path):
 
 
 def test_prior_coverage_only_for_models_that_train_a_posterior(run_dir):
-    from bicycle.evaluate import evaluate
+    from bicycle.inference.evaluate import evaluate
     from bicycle.models import MODELS
     from bicycle.plugins import get_plugins
     from bicycle.build import build_eval_dataset
-    from bicycle.loading import load_model
+    from bicycle.inference.loading import load_model
 
     assert sorted(k for k, m in MODELS.items() if m.variational) == ["bicycle", "cvae-gan"]  # KL-trained encoders
     ckpt, nets, dev = load_model(run_dir[0], "cpu")

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import bicycle
 from bicycle.cli import main
 from bicycle.errors import CheckpointError, ConfigError
-from bicycle.posterior import (FORMAT, GaussianMixture, fit_gmm, fit_gmm_report, load_posterior, posterior_path,
+from bicycle.inference.posterior import (FORMAT, GaussianMixture, fit_gmm, fit_gmm_report, load_posterior, posterior_path,
                                read_posterior, save_posterior)
 
 TINY = ["--image-size", "32", "--ngf", "8", "--nef", "8", "--ndf", "8", "--batch-size", "4", "--steps", "4",

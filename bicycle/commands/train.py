@@ -11,7 +11,7 @@ import click
 
 from bicycle.commands.options import ConfigOption, GroupedCommand, config_options, flag_keys, requested_values
 from bicycle.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError
-from bicycle.reporting import run_reporting as _run
+from bicycle.commands.reporting import reports_errors
 
 PRESET_NAMES = ["demo", "paper"]
 
@@ -29,15 +29,16 @@ PRESET_NAMES = ["demo", "paper"]
               help="set any config key (as --dry-run names it), e.g. --set optim.beta1=0.9; repeatable; values "
                    "none and true/false where the key takes them")
 @click.pass_context
+@reports_errors
 def train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool,
           nproc: int | None, settings: tuple[str, ...], **flags: Any) -> None:
     """Train a model; the no-flag default is the demo preset on the built-in `shapes` dataset. Under
     `torchrun --nproc-per-node N -m bicycle train ...` (or with --nproc N) one model trains data-parallel."""
     if nproc is not None:
-        from bicycle.launch import launch
-        _run(launch, nproc, sys.argv[1:], run_dir, preset, dry_run)
+        from bicycle.train.launch import launch
+        launch(nproc, sys.argv[1:], run_dir, preset, dry_run)
         return
-    _run(_train, ctx, preset, run_dir, resume_dir, dry_run, flags, settings)
+    _train(ctx, preset, run_dir, resume_dir, dry_run, flags, settings)
 
 
 train.params.extend(config_options())

@@ -22,7 +22,7 @@ from bicycle.train.data import BatchStream
 from bicycle.train.datafiles import manifest_metadata, manifests, resume_data_warning, run_splits, write_bad_list
 from bicycle.train.guard import Divergence
 from bicycle.train.execution import use_cuda_graphs
-from bicycle.train.distributed import (DDP_EAGER_NOTE, DDP_GRAPH_WARMUP, SINGLE, Group, World, device_for,
+from bicycle.train.distributed import (DDP_EAGER_NOTE, DDP_GRAPH_WARMUP, SINGLE, Group, World, announce, device_for,
                                       rank_rng_tensors, restore_rank_rng)
 from bicycle.train.graph import DEFAULT_WARMUP, GraphedStep
 from bicycle.train.prefetch import for_device as prefetcher_for
@@ -81,7 +81,6 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
         return _train(cfg, run_dir, resume, plugins or get_plugins(), echo if world.main else _quiet, group)
     except TrainingDiverged as exc:  # every rank decided it at the same step: one verdict, printed by rank 0
         if world.main:
-            from bicycle.reporting import announce
             announce(exc)
         exc.reported = True
         with contextlib.suppress(RuntimeError):
@@ -253,7 +252,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: 
     if not interrupted and main:
         with writing(run_dir):
             summary.update(final_report(cfg, state.nets, val, sample_dir, device, echo))
-            from bicycle.posterior import fit_after_training
+            from bicycle.inference.posterior import fit_after_training
             fitted = fit_after_training(state.nets.E, dataset, device, run_dir, ckpt_dir / checkpoint_name(step), step,
                                         cfg.train.seed, echo)
             if fitted is not None:

@@ -23,7 +23,7 @@ from torch import Tensor
 from bicycle.config import RunConfig
 from bicycle.data.images import convert_image, image_to_tensor, open_image
 from bicycle.errors import ConfigError, DataError
-from bicycle.loading import load_model
+from bicycle.inference.loading import load_model
 from bicycle.nets import Nets
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, Tensor]
@@ -33,7 +33,7 @@ BATCH = 32  # (input, code) pairs per generator call
 def load(path: str | Path, device: str = "auto") -> Model:
     """A run dir (its newest checkpoint), a checkpoint file or exported weights (``bicycle export``).
     Non-finite weights are refused, naming the file (:class:`bicycle.errors.NonFiniteError`)."""
-    from bicycle.posterior import embedded_posterior
+    from bicycle.inference.posterior import embedded_posterior
 
     ckpt, nets, dev = load_model(path, device)
     embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only else None
@@ -128,17 +128,17 @@ class Model:
         to the encoder's means (``bicycle fit-posterior RUN``: RUN/posterior.safetensors next to the
         checkpoint's run dir; an error when missing, stale or when this model is exported weights).
         ``temperature`` t scales the codes' spread: N(0, t^2 I), or the mixture's covariances by t^2."""
-        from bicycle.posterior import check_z_source, draw_codes
+        from bicycle.inference.posterior import check_z_source, draw_codes
         check_z_source(z_source, temperature)
         seed = secrets.randbits(63) if seed is None else seed
         mixture = self.posterior() if z_source == "posterior" else None
         return draw_codes(mixture, n_inputs, n, self.nz, seed, temperature)
 
     def posterior(self):
-        """The run's :class:`bicycle.posterior.GaussianMixture` (RUN/posterior.safetensors), checked against
+        """The run's :class:`bicycle.inference.posterior.GaussianMixture` (RUN/posterior.safetensors), checked against
         this model's step; loaded once."""
         if self._posterior is None:
-            from bicycle.posterior import posterior_for
+            from bicycle.inference.posterior import posterior_for
             self._posterior = posterior_for(self.path, self.step, self.nz, self.weights_only)
         return self._posterior
 

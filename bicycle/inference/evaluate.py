@@ -11,13 +11,13 @@ import torch
 from bicycle.build import build_eval_dataset, check_channels
 from bicycle.data.base import oracle_of
 from bicycle.io import atomic_write_bytes, writing
-from bicycle.loading import load_model
-from bicycle.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, prior_coverage, z_sensitivity
+from bicycle.inference.loading import load_model
+from bicycle.inference.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, prior_coverage, z_sensitivity
 from bicycle.models import MODELS
 from bicycle.nets import Nets
-from bicycle.perceptual import FID_VERSION, LPIPS_VERSION, consecutive_pair_lpips, fid
+from bicycle.inference.perceptual import FID_VERSION, LPIPS_VERSION, consecutive_pair_lpips, fid
 from bicycle.plugins import get_plugins
-from bicycle.sample import encoded_outputs, random_outputs
+from bicycle.inference.sample import encoded_outputs, random_outputs
 
 BATCH = 64
 COVERED = 0.5  # prior_coverage at or above which a random z counts as covered
@@ -59,10 +59,10 @@ def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: 
     each is None (with a line in ``notes``) when not given. ``variational``: the model trains E as a
     posterior (see ``ModelSpec``); otherwise E's variance is untrained and ``prior_coverage`` is None.
     ``z_source``: "prior" (N(0, I), the paper's) or "posterior" (codes drawn from ``posterior``, a
-    :class:`bicycle.posterior.GaussianMixture`); ``temperature`` scales the codes' spread."""
+    :class:`bicycle.inference.posterior.GaussianMixture`); ``temperature`` scales the codes' spread."""
     m = min(n_inputs, len(dataset))
     a, b = dataset.get_batch(list(range(m)))
-    from bicycle.posterior import draw_codes
+    from bicycle.inference.posterior import draw_codes
     if (z_source == "posterior") != (posterior is not None):
         raise ValueError("evaluate: give posterior exactly when z_source is 'posterior'")
     z = draw_codes(posterior, m, n_samples, nz, seed, temperature)
@@ -146,7 +146,7 @@ def _valid_by_coverage(valid: torch.Tensor, coverage: torch.Tensor | None) -> di
 def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, seed: int, json_path: Path | None,
              device: str, echo: Callable[[str], None] = print, lpips_weights: str | Path | None = None,
              inception_weights: str | Path | None = None, z_source: str = "prior", temperature: float = 1.0) -> dict:
-    from bicycle.perceptual import file_tag, load_inception, load_lpips
+    from bicycle.inference.perceptual import file_tag, load_inception, load_lpips
     lpips = load_lpips(lpips_weights) if lpips_weights is not None else None  # weight errors before the model
     fid_net = load_inception(inception_weights) if inception_weights is not None else None
     tags = {}
@@ -157,7 +157,7 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     ckpt, nets, dev = load_model(checkpoint, device)
     posterior, posterior_file = None, None
     if z_source == "posterior":  # missing or stale: one error before any data is read
-        from bicycle.posterior import embedded_posterior, posterior_for, posterior_path, run_dir_of
+        from bicycle.inference.posterior import embedded_posterior, posterior_for, posterior_path, run_dir_of
         embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only else None
         posterior = posterior_for(ckpt.path, ckpt.step, ckpt.config.net.nz, ckpt.weights_only, embedded)
         posterior_file = str(ckpt.path if embedded is not None else posterior_path(run_dir_of(ckpt.path)))

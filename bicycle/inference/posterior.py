@@ -423,7 +423,7 @@ def fit_posterior(run: str | Path, components: int = COMPONENTS, seed: int = 0, 
     """``bicycle fit-posterior RUN``: the run's newest checkpoint (or the checkpoint file given), its
     dataset's train split, encoded and fitted; writes RUN/posterior.safetensors."""
     from bicycle.build import build_dataset
-    from bicycle.loading import load_model
+    from bicycle.inference.loading import load_model
     from bicycle.plugins import get_plugins
 
     if components < 1 or max_points < 1:
