@@ -32,3 +32,12 @@ def test_inference_runs_without_training_code():
             "print(sorted(m for m in sys.modules if m.startswith(('bicycle.train', 'bicycle.commands'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_loop_leaves_the_ranks_to_a_coordinator():
+    import inspect
+
+    from bicycle.train import loop
+    source = inspect.getsource(loop._train)
+    assert len(source.splitlines()) <= 80
+    assert "group" not in source and "launched" not in source

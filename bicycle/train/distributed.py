@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bicycle.errors import BicycleError, ConfigError
+from bicycle.errors import ConfigError
 from bicycle.nets import Nets
 
 DDP_GRAPH_WARMUP = 11  # eager DDP iterations before capture (PyTorch's CUDA-graph notes for DDP)
@@ -180,12 +179,6 @@ def wrap(nets: Nets, device: torch.device, *, unused_in_encoder: bool, static_gr
                                                    static_graph=static_graph)
 
     return Nets(G=ddp(nets.G), D=ddp(nets.D), E=ddp(nets.E, unused_in_encoder), D2=ddp(nets.D2))  # type: ignore[arg-type]
-
-
-def announce(exc: BicycleError) -> None:
-    """Print ``exc`` now, as the CLI would, and mark it reported (rank 0's verdict, printed before any rank exits)."""
-    print(f"Error: {exc}", file=sys.stderr, flush=True)
-    exc.reported = True
 
 
 def rank_seed(seed: int, rank: int) -> int:
