@@ -128,7 +128,7 @@ def check_inference(device: str, seed: int, out_dir: Path | None = None, json_pa
 
 
 def check_sample(input_path: Path | None, data: str | None, samples: int, n_inputs: int, interpolate: int,
-                 references: Sequence[Path], device: str, seed: int, out_dir: Path, z_source: str = "prior",
+                 references: Sequence[Path], device: str, seed: int, out_dir: Path, z_source: str = "auto",
                  temperature: float = 1.0) -> None:
     """``bicycle sample``'s flags, then :func:`check_inference`."""
     if input_path is not None and data is not None:
@@ -141,7 +141,7 @@ def check_sample(input_path: Path | None, data: str | None, samples: int, n_inpu
         raise ConfigError(f"--interpolate walks between two --reference images; {len(references)} given")
     if interpolate and not references and samples < 2:
         raise ConfigError("--interpolate walks between the first two random codes: give --samples 2 or more")
-    if references and z_source != "prior":
+    if references and z_source == "posterior":
         raise ConfigError("--z-source posterior draws random codes; --reference gives the codes instead: give one of them")
     check_inference(device, seed, out_dir=out_dir, references=references, z_source=z_source, temperature=temperature)
 

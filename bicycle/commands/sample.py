@@ -20,8 +20,10 @@ from bicycle.commands.reporting import reports_errors
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--z-source", type=click.Choice(["prior", "posterior"]), default="prior", show_default=True,
-              help="random z from N(0, I) (the paper's) or from RUN/posterior.safetensors (bicycle fit-posterior RUN)")
+@click.option("--z-source", type=click.Choice(["auto", "prior", "posterior"]), default="auto", show_default=True,
+              help="random z from N(0, I) (prior, the paper's), from the mixture fitted for this checkpoint (posterior: "
+                   "RUN/posterior.safetensors or the one exported weights carry; bicycle fit-posterior RUN), or that "
+                   "mixture when there is one, else the prior (auto; the output says which)")
 @click.option("--temperature", type=float, default=1.0, show_default=True,
               help="scale of the random codes' spread (the prior's std, the mixture's covariances by T^2)")
 @reports_errors

@@ -155,12 +155,11 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     if fid_net is not None:
         tags["fid"] = file_tag(inception_weights)
     ckpt, nets, dev = load_model(checkpoint, device)
-    posterior, posterior_file = None, None
-    if z_source == "posterior":  # missing or stale: one error before any data is read
-        from bicycle.inference.posterior import embedded_posterior, posterior_for, posterior_path, run_dir_of
-        embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only else None
-        posterior = posterior_for(ckpt.path, ckpt.step, ckpt.config.net.nz, ckpt.weights_only, embedded)
-        posterior_file = str(ckpt.path if embedded is not None else posterior_path(run_dir_of(ckpt.path)))
+    from bicycle.inference.posterior import embedded_posterior
+    from bicycle.inference.zsource import z_source_for
+    embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only and z_source != "prior" else None
+    source = z_source_for(z_source, temperature, ckpt.path, ckpt.step, ckpt.config.net.nz, ckpt.weights_only,
+                          embedded)  # a missing or stale posterior: one error before any data is read
     lpips = lpips.to(dev) if lpips is not None else None
     fid_net = fid_net.to(dev) if fid_net is not None else None
     cfg = ckpt.config
@@ -170,8 +169,9 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     ds = build_eval_dataset(cfg, registry, "the evaluation", echo=echo, model_channels=True)
     check_channels(ds, cfg)
     result = evaluate(nets, ds, cfg.net.nz, n_inputs, n_samples, seed, dev, lpips=lpips, fid_net=fid_net,
-                      weight_tags=tags, variational=MODELS[cfg.train.model].variational, z_source=z_source,
-                      temperature=temperature, posterior=posterior, posterior_file=posterior_file)
+                      weight_tags=tags, variational=MODELS[cfg.train.model].variational, z_source=source.name,
+                      temperature=temperature, posterior=source.mixture,
+                      posterior_file=str(source.origin) if source.mixture is not None else None)
     result.update(checkpoint=str(ckpt.path), step=ckpt.step, model=cfg.train.model, data=cfg.data.data)
     for key, value in result.items():
         if key not in ("protocol", "notes"):

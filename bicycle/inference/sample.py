@@ -108,14 +108,6 @@ def _inputs(model: Model, input_path: Path | None, data: str | None, n_inputs: i
     return a, b, [f"input_{i:03d}" for i in range(n)], oracle_of(ds)
 
 
-def _source_words(model: Model, z_source: str) -> str:
-    if z_source == "prior":
-        return "the prior N(0, I) (z-source prior)"
-    from bicycle.inference.posterior import posterior_path, run_dir_of
-    return (f"the aggregate posterior, {model.posterior().k} components, {posterior_path(run_dir_of(model.path))} "
-            f"(z-source posterior)")
-
-
 def write_animation(frames: torch.Tensor, stem: Path) -> None:
     """frames [F, C, S, S] in [-1, 1] -> ``stem``.gif (looping, GIF_FRAME_MS per frame) and ``stem``.png
     (the frames in a row)."""
@@ -127,22 +119,22 @@ def write_animation(frames: torch.Tensor, stem: Path) -> None:
 
 def run_sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int,
                out: Path, seed: int, device: str, echo: Callable[[str], None] = print,
-               references: Sequence[Path] = (), interpolate: int = 0, z_source: str = "prior",
+               references: Sequence[Path] = (), interpolate: int = 0, z_source: str = "auto",
                temperature: float = 1.0) -> dict:
+    """``bicycle sample``: a grid and the outputs of ``samples`` random codes per input from ``z_source`` (see
+    :meth:`Model.z_source`), or of the ``references``' codes."""
     model = load(checkpoint, device)
     cfg = model.config
     echo(f"checkpoint {model.path} (step {model.step}, model {cfg.train.model}, {cfg.net.image_size} px)")
-    if not references and z_source == "posterior":
-        model.posterior()  # a missing or stale posterior fails before any data is read
+    source = None if references else model.z_source(z_source, temperature)  # before any data is read
     a, b, names, oracle = _inputs(model, input_path, data, n_inputs, echo)
     if references:
         codes = model.encode(list(references))
         z = codes[None].expand(len(a), -1, -1)
         echo(f"codes: {len(references)} reference image(s) encoded (one output per reference)")
     else:
-        z = model.random_z(len(a), samples, seed, z_source=z_source, temperature=temperature)
-        echo(f"codes: {samples} random z per input from {_source_words(model, z_source)}, temperature {temperature:g}, "
-             f"seed {seed}")
+        z = model.random_z(len(a), samples, seed, z_source=source)
+        echo(f"codes: {samples} random z per input from {source.describe()}, temperature {temperature:g}, seed {seed}")
     dev = model.device
     image, outs = sample_grid(model.nets, a.to(dev), None if b is None else b.to(dev), z.to(dev))
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +145,7 @@ def run_sample(checkpoint: str, input_path: Path | None, data: str | None, sampl
             save_image(outs[i, k], out / name / f"{kind}_{k:02d}.png")
     echo(f"wrote {out / 'grid.png'} and {len(names) * outs.shape[1]} outputs under {out}/")
     result: dict = {"grid": str(out / "grid.png"), "inputs": len(names), "samples": int(outs.shape[1]),
-                    "z_source": "reference" if references else z_source, "temperature": temperature}
+                    "z_source": source.name if source else "reference", "temperature": temperature}
     if interpolate:
         for i, name in enumerate(names):
             frames = model.interpolate(a[i], z[i, 0], z[i, 1], interpolate, tensors=True)
