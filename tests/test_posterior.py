@@ -165,7 +165,12 @@ def test_eval_json_names_the_z_source(fitted, tmp_path):
     out2 = tmp_path / "prior.json"
     assert invoke("eval", "--checkpoint", fitted, "--inputs", "2", "--samples", "2", "--json", out2,
                   "--device", "cpu").exit_code == 0
-    assert json.loads(out2.read_text())["z_source"] == "prior"
+    prior = json.loads(out2.read_text())
+    assert prior["z_source"] == "prior" and prior["protocol"]["z_source"] == "prior"
+    both = prior["by_z_source"]  # the prior at the top, as the paper; both sources side by side
+    assert set(both) == {"prior", "posterior"} and both["prior"]["prior_coverage"] == prior["prior_coverage"]
+    assert both["posterior"]["diversity_pixel_l1"] != prior["diversity_pixel_l1"]
+    assert doc["by_z_source"]["posterior"]["diversity_pixel_l1"] == doc["diversity_pixel_l1"]
 
 
 def test_a_missing_posterior_is_one_line_naming_fit_posterior(run, tmp_path):

@@ -37,6 +37,9 @@ class ZSource:
         return draw_codes(self.mixture, n_inputs, n, nz, seed, self.temperature)
 
 
+PRIOR = ZSource()
+
+
 def z_source_for(name: str, temperature: float, path: Path | None, step: int, nz: int, weights_only: bool,
                  embedded: GaussianMixture | None = None) -> ZSource:
     """``name`` for the checkpoint at ``path`` (exported weights when ``weights_only``, carrying ``embedded``):
