@@ -10,14 +10,13 @@ from typing import Any
 import click
 
 from bicycle.commands.options import ConfigOption, GroupedCommand, config_options, flag_keys, requested_values
-from bicycle.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError
 from bicycle.commands.reporting import reports_errors
-
-PRESET_NAMES = ["demo", "paper"]
+from bicycle.config import PRESETS
+from bicycle.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError
 
 
 @click.command(cls=GroupedCommand)
-@click.option("--preset", type=click.Choice(PRESET_NAMES), default="demo", show_default=True, cls=ConfigOption)
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="demo", show_default=True, cls=ConfigOption)
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="default: runs/<preset>-<time>",
               cls=ConfigOption)
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
