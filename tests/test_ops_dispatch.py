@@ -1,4 +1,4 @@
-"""The dispatcher: what auto picks, errors for impls that cannot run, check_impl, envinfo's report."""
+"""The dispatcher: what auto picks, errors for impls that cannot run, check_impl, the op table of `bicycle env`."""
 from __future__ import annotations
 
 import re
