@@ -10,8 +10,8 @@ import dataclasses
 import difflib
 import json
 import math
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from bicycle.errors import ConfigError
@@ -31,11 +31,12 @@ MAX_SEED = 2**31 - 1  # the data streams derive per-epoch seeds from it
 
 
 def key(default: Any, help: str | None = None, *, flag: str | None = None, choices: tuple[str, ...] | None = None,
-        derived: bool = False) -> Any:
+        derived: bool = False, resumable: bool = False) -> Any:
     """A config field declared once: its default, and what its ``bicycle train`` flag shows (``help``, ``choices``);
     ``flag``: the flag's name where it differs from the field's (``lambda_l1`` for ``loss.l1``); ``derived``: filled
-    in by bicycle (no flag, not settable)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "derived": derived})
+    in by bicycle (no flag, not settable); ``resumable``: a resumed run may change it (:data:`RESUMABLE_KEYS`)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "derived": derived,
+                                            "resumable": resumable})
 
 
 @dataclass(frozen=True)
@@ -116,19 +117,19 @@ class TrainConfig:
     elsewhere. ``precision``: "bf16" is autocast + channels_last (opt-in). ``compile``: torch.compile each network."""
 
     model: str = key("bicycle", choices=MODELS)
-    steps: int = key(200_000, "training iterations")
+    steps: int = key(200_000, "training iterations", resumable=True)
     batch_size: int = key(2)
     seed: int = key(0)
-    device: str = key("auto", "auto, cpu, cuda, cuda:1 ...")
-    impl: str = key("auto", "fused-op implementation", choices=IMPLS)
-    log_every: int = key(50)
-    sample_every: int = key(1000)
-    checkpoint_every: int = key(1000)
-    keep_checkpoints: int = key(3, "how many of the newest checkpoints a run keeps (3)")
+    device: str = key("auto", "auto, cpu, cuda, cuda:1 ...", resumable=True)
+    impl: str = key("auto", "fused-op implementation", choices=IMPLS, resumable=True)
+    log_every: int = key(50, resumable=True)
+    sample_every: int = key(1000, resumable=True)
+    checkpoint_every: int = key(1000, resumable=True)
+    keep_checkpoints: int = key(3, "how many of the newest checkpoints a run keeps (3)", resumable=True)
     cuda_graphs: bool | None = key(None, "replay each iteration from a CUDA graph (default: on for CUDA devices, "
-                                         "eager on CPU)")
-    precision: str = key("fp32", "bf16: autocast + channels_last (opt-in)", choices=PRECISIONS)
-    compile: bool = key(False, "torch.compile the networks")
+                                         "eager on CPU)", resumable=True)
+    precision: str = key("fp32", "bf16: autocast + channels_last (opt-in)", choices=PRECISIONS, resumable=True)
+    compile: bool = key(False, "torch.compile the networks", resumable=True)
 
 
 @dataclass(frozen=True)
@@ -185,11 +186,6 @@ _SECTION_TYPES = {
     "train": TrainConfig,
 }
 
-# Keys a resumed run may change; any other difference is a usage error.
-RESUMABLE_KEYS = frozenset(
-    {"train.steps", "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.impl",
-     "train.cuda_graphs", "train.precision", "train.compile"}
-)
 
 PRESETS: dict[str, RunConfig] = {
     "demo": RunConfig(
@@ -303,6 +299,9 @@ def config_fields() -> Iterator[tuple[str, dataclasses.Field]]:
         for f in dataclasses.fields(cls):
             yield f"{section}.{f.name}", f
 
+
+# Keys a resumed run may change; any other difference is a usage error.
+RESUMABLE_KEYS = frozenset(name for name, f in config_fields() if f.metadata["resumable"])
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 

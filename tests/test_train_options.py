@@ -37,9 +37,6 @@ def test_every_train_option_of_before_keeps_its_name_type_default_and_help():
     assert not changed, changed
 
 
-if __name__ == "__main__":
-    FIXTURE.write_text(json.dumps(list(current().values()), indent=1) + "\n")
-
 
 def _dry(*args: str):
     from click.testing import CliRunner
