@@ -37,7 +37,6 @@ def test_every_train_option_of_before_keeps_its_name_type_default_and_help():
     assert not changed, changed
 
 
-
 def _dry(*args: str):
     from click.testing import CliRunner
     r = CliRunner().invoke(main, ["train", "--dry-run", *args], catch_exceptions=False)
