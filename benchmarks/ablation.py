@@ -43,11 +43,11 @@ def run_dir_of(out: Path, model: str, seed: int) -> Path:
 def run_one(run_dir: Path, model: str, seed: int, steps: int | None, inputs: int, samples: int) -> dict:
     """Train one model with the demo preset, evaluate it, write record.json and picture.png in run_dir."""
     from bicycle.config import PRESETS, replace
-    from bicycle.evaluate import evaluate
+    from bicycle.inference.evaluate import evaluate
     from bicycle.plugins import get_plugins
-    from bicycle.sample import grid_image, random_outputs
+    from bicycle.inference.sample import grid_image, random_outputs
     from bicycle.build import build_dataset
-    from bicycle.loading import load_model
+    from bicycle.inference.loading import load_model
     from bicycle.train.loop import train
 
     over: dict = {"train.model": model, "train.seed": seed}

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from bicycle.data.shape_variants import VARIANTS, ShapeVariantDataset
-from bicycle.loading import load_model
+from bicycle.inference.loading import load_model
 
 BATCH = 50
 LINE_T = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)

@@ -1,8 +1,8 @@
-"""Numerical parity of ``bicycle.perceptual`` (LPIPS, FID) with the published packages lpips 0.1 (net='alex')
+"""Numerical parity of ``bicycle.inference.perceptual`` (LPIPS, FID) with the published packages lpips 0.1 (net='alex')
 and pytorch-fid (``pt_inception-2015-12-05`` layout, pool3 features, ``calculate_frechet_distance``).
 
 Not part of CI: it needs lpips, pytorch-fid, torchvision and scipy, which bicycle does not depend on. Run it in
-a separate virtual environment (bicycle itself is imported from this checkout; only ``bicycle.perceptual``,
+a separate virtual environment (bicycle itself is imported from this checkout; only ``bicycle.inference.perceptual``,
 which needs no compiled extension)::
 
     python3 -m venv /tmp/parity-venv
@@ -13,13 +13,13 @@ Nothing is downloaded: any call to ``torch.hub.load_state_dict_from_url`` raises
 - LPIPS: lpips' own shipped linear-layer weights (``lpips/weights/v0.1/alex.pth``, the real calibrated ones) with a
   seeded random AlexNet trunk (``pnet_rand=True``: torchvision builds AlexNet with ``weights=None``). The weights
   are exported to safetensors with lpips' names (``net.sliceS.I.*``, ``lin{0..4}.model.1.weight``) and read by
-  ``bicycle.perceptual.load_lpips``. Compared: the scaled input, the five relu taps and the distances, on seeded
+  ``bicycle.inference.perceptual.load_lpips``. Compared: the scaled input, the five relu taps and the distances, on seeded
   random images in [-1, 1] (64 and 128 px, batch 4; RGB, plus a 1-channel batch that bicycle repeats to RGB).
 - FID: pytorch-fid's ``InceptionV3()`` (``use_fid_inception=True``) with ``load_state_dict_from_url`` patched to
   return a seeded random state dict of torchvision's Inception3 shapes (num_classes=1008, no aux logits; the
   same key set as the real ``pt_inception-2015-12-05`` file), whose BatchNorm running statistics are then
   calibrated on one seeded batch so that activations stay O(1) through the network. That state dict (fc.* and
-  num_batches_tracked included) is saved to safetensors and read by ``bicycle.perceptual.load_inception``.
+  num_batches_tracked included) is saved to safetensors and read by ``bicycle.inference.perceptual.load_inception``.
   pytorch-fid takes images in [0, 1] (resize to 299, then 2x-1); bicycle takes [-1, 1] (resize to 299): the
   same images are given as (x+1)/2 and x. Compared: pool3 features (299 px and 128 px, batch 8), and the FID of
   64 vs 64 images (bicycle ``fid`` vs pytorch-fid's features + ``np.cov`` + ``calculate_frechet_distance``),
@@ -90,7 +90,7 @@ def images(seed: int, n: int, c: int, size: int) -> torch.Tensor:
 
 def lpips_checks(tmp: Path) -> dict:
     import lpips
-    from bicycle.perceptual import load_lpips
+    from bicycle.inference.perceptual import load_lpips
 
     torch.manual_seed(SEEDS["lpips_trunk"])
     with contextlib.redirect_stdout(io.StringIO()):
@@ -240,7 +240,7 @@ def fid_checks(tmp: Path, n_fid: int) -> dict:
     import pytorch_fid.inception as pfi
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    from bicycle.perceptual import extract_features, fid, frechet_distance, gaussian_fit, load_inception
+    from bicycle.inference.perceptual import extract_features, fid, frechet_distance, gaussian_fit, load_inception
 
     _patch_capture()
     t0 = time.perf_counter()

@@ -23,10 +23,10 @@ import torch
 
 from bicycle.bench.common import git_commit
 from bicycle.config import PRESETS, replace, validate
-from bicycle.evaluate import evaluate
+from bicycle.inference.evaluate import evaluate
 from bicycle.plugins import get_plugins
 from bicycle.build import build_eval_dataset
-from bicycle.loading import load_model
+from bicycle.inference.loading import load_model
 from bicycle.train.loop import train
 
 VALID_TARGET, MODES_TARGET = 0.9, 0.75

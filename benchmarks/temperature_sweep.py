@@ -26,7 +26,7 @@ COLOURS = {"prior": (31, 119, 180), "posterior": (230, 120, 20)}
 
 
 def sweep(runs: list[Path], temperatures: tuple[float, ...], inputs: int, samples: int) -> dict:
-    from bicycle.evaluate import run_eval
+    from bicycle.inference.evaluate import run_eval
 
     records = []
     for run in runs:

@@ -7,8 +7,10 @@ checkpoint, so weights can be rebuilt without repeating flags.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,51 +23,64 @@ ENCODERS = ("resnet", "conv")
 GAN_MODES = ("lsgan", "vanilla")
 DIRECTIONS = ("AtoB", "BtoA")
 PRECISIONS = ("fp32", "bf16")
-BAD_IMAGES = ("error", "skip")  # what the start-up data check does with files that cannot be used
+BAD_IMAGES = ("error", "skip")
+IMPLS = ("auto", "triton", "cpp", "ref")
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 4096  # 8x the largest size the original ran (512 px); larger cannot fit a U-Net step in memory
 MAX_SEED = 2**31 - 1  # the data streams derive per-epoch seeds from it
+
+
+def key(default: Any, help: str | None = None, *, flag: str | None = None, choices: tuple[str, ...] | None = None,
+        derived: bool = False, resumable: bool = False) -> Any:
+    """A config field declared once: its default, and what its ``bicycle train`` flag shows (``help``, ``choices``);
+    ``flag``: the flag's name where it differs from the field's (``lambda_l1`` for ``loss.l1``); ``derived``: filled
+    in by bicycle (no flag, not settable); ``resumable``: a resumed run may change it (:data:`RESUMABLE_KEYS`)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "derived": derived,
+                                            "resumable": resumable})
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
     """Architecture of G, E, D and D2 (paper defaults). Channels are filled in from the dataset."""
 
-    backbone: str = "unet256"
-    inject: str = "all"
-    encoder: str = "resnet"
-    image_size: int = 256
-    in_channels: int = 3
-    out_channels: int = 3
-    nz: int = 8
-    ngf: int = 64
-    nef: int = 64
-    ndf: int = 64
-    norm: str = "instance"
-    upsample: str = "basic"
-    dropout: bool = True
-    d_layers: int = 3
-    d_scales: int = 2
-    gan_mode: str = "lsgan"
+    backbone: str = key("unet256", "generator backbone, e.g. unet, unet128, unet256")
+    inject: str = key("all", "z-injection strategy: input, all, all-film (z also in the decoder), or a plugin's "
+                             "(bicycle plugins)")
+    encoder: str = key("resnet", choices=ENCODERS)
+    image_size: int = key(256, "square image size in px (>= 32)")
+    in_channels: int = key(3, derived=True)
+    out_channels: int = key(3, derived=True)
+    nz: int = key(8, "latent code size (8)")
+    ngf: int = key(64)
+    nef: int = key(64)
+    ndf: int = key(64)
+    norm: str = key("instance", choices=NORMS)
+    upsample: str = key("basic", choices=UPSAMPLES)
+    dropout: bool = key(True)
+    d_layers: int = key(3, "stride-2 layers of each PatchGAN scale (3; the original's 128-px D has 2)")
+    d_scales: int = key(2, "scales of each multi-scale discriminator (2)")
+    gan_mode: str = key("lsgan", choices=GAN_MODES)
 
 
 @dataclass(frozen=True)
 class LossWeights:
     """lambda_* of the paper. ``kl_warmup``: lambda_KL ramps linearly from kl/W to kl over the first
-    W = ``kl_warmup * train.steps`` steps (KL annealing, Bowman et al., 2016); 0 keeps it constant, as the paper."""
+    W = ``kl_warmup * train.steps`` steps (KL annealing, Bowman et al., 2016); 0 keeps it constant, as the paper.
+    ``kl_free_bits``: "free bits" (Kingma et al., 2016): each dimension's batch-mean KL is floored at this many nats
+    before the sum over dimensions (and the batch) is restored; 0: off, as the paper. ``mode_seeking``: MSGAN (Mao et
+    al., 2019): lambda_ms / (|G(A, z_rand) - G(A, z_enc)|_1 / |z_rand - z_enc|_1 + 1e-5), on the random branch only
+    (the encoded output and code detached); bicycle model only; 0: off, as the paper."""
 
-    l1: float = 10.0
-    kl: float = 0.01
-    z: float = 0.5
-    gan: float = 1.0
-    gan2: float = 1.0
-    kl_warmup: float = 0.0
-    # "free bits" (Kingma et al., 2016): each dimension's batch-mean KL is floored at this many nats before the
-    # sum over dimensions (and the batch) is restored; 0: off, as the paper
-    kl_free_bits: float = 0.0
-    # mode seeking (Mao et al., 2019, MSGAN): lambda_ms / (|G(A, z_rand) - G(A, z_enc)|_1 / |z_rand - z_enc|_1 + 1e-5),
-    # on the random branch only (the encoded output and code detached); bicycle model only; 0: off, as the paper
-    mode_seeking: float = 0.0
+    l1: float = key(10.0, flag="lambda_l1")
+    kl: float = key(0.01, flag="lambda_kl")
+    z: float = key(0.5, flag="lambda_z")
+    gan: float = key(1.0, "weight of the encoded branch's GAN loss (D; 1)", flag="lambda_gan")
+    gan2: float = key(1.0, "weight of the random-z branch's GAN loss (D2; 1)", flag="lambda_gan2")
+    kl_warmup: float = key(0.0, "ramp lambda_KL up linearly over this fraction of the steps (0: constant, as the "
+                                "paper)")
+    kl_free_bits: float = key(0.0, "floor, in nats, on each dimension's batch-mean KL (free bits; 0: off)")
+    mode_seeking: float = key(0.0, "mode seeking (MSGAN): push G(A, z_rand) away from G(A, z_enc) (0: off, as the "
+                                   "paper)", flag="lambda_ms")
 
 
 @dataclass(frozen=True)
@@ -74,42 +89,47 @@ class OptimConfig:
     fraction of the steps) to the end. ``lr_d``: the discriminators' LR (None: ``lr``, as the paper;
     a larger one is the two time-scale update rule of Heusel et al., 2017)."""
 
-    lr: float = 2e-4
-    lr_d: float | None = None
-    beta1: float = 0.5
-    beta2: float = 0.999
-    decay_start: float = 0.5
+    lr: float = key(2e-4)
+    lr_d: float | None = key(None, "learning rate of D and D2 (default: --lr)")
+    beta1: float = key(0.5, "Adam's beta1 for every network (0.5)")
+    beta2: float = key(0.999, "Adam's beta2 for every network (0.999)")
+    decay_start: float = key(0.5, "fraction of the steps after which the LR decays linearly to 0 (0.5)")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """``data``: a dataset name (see ``bicycle plugins``) or a folder path (an existing path wins)."""
+    """``data``: a dataset name (see ``bicycle plugins``) or a folder path (an existing path wins).
+    ``bad_images`` is not resumable: it changes which files are trained on."""
 
-    data: str = "shapes"
-    direction: str = "AtoB"
-    load_size: int | None = None
-    flip: bool = True
-    modes: int = 8
-    # Not resumable: it changes which files are trained on.
-    bad_images: str = "error"
+    data: str = key("shapes", "dataset name (see `bicycle plugins`) or a folder (pix2pix layout); an existing path "
+                              "wins")
+    direction: str = key("AtoB", choices=DIRECTIONS)
+    load_size: int | None = key(None, "resize to this before random crops (folders)")
+    flip: bool = key(True, "random horizontal flips (folders)")
+    modes: int = key(8, "modes of B per A of the built-in shapes datasets (8)")
+    bad_images: str = key("error", "files the start-up check cannot decode: error (default) names them and stops; "
+                                   "skip trains without them, listed in RUN/bad_images.txt", choices=BAD_IMAGES)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "bicycle"
-    steps: int = 200_000
-    batch_size: int = 2
-    seed: int = 0
-    device: str = "auto"
-    impl: str = "auto"
-    log_every: int = 50
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    # Execution only (the mathematics is the same): None = CUDA graphs on CUDA devices, eager elsewhere.
-    cuda_graphs: bool | None = None
-    precision: str = "fp32"  # "bf16": autocast + channels_last (opt-in)
-    compile: bool = False  # torch.compile each network
+    """``cuda_graphs``: execution only (the mathematics is the same): None = CUDA graphs on CUDA devices, eager
+    elsewhere. ``precision``: "bf16" is autocast + channels_last (opt-in). ``compile``: torch.compile each network."""
+
+    model: str = key("bicycle", choices=MODELS)
+    steps: int = key(200_000, "training iterations", resumable=True)
+    batch_size: int = key(2)
+    seed: int = key(0)
+    device: str = key("auto", "auto, cpu, cuda, cuda:1 ...", resumable=True)
+    impl: str = key("auto", "fused-op implementation", choices=IMPLS, resumable=True)
+    log_every: int = key(50, resumable=True)
+    sample_every: int = key(1000, resumable=True)
+    checkpoint_every: int = key(1000, resumable=True)
+    keep_checkpoints: int = key(3, "how many of the newest checkpoints a run keeps (3)", resumable=True)
+    cuda_graphs: bool | None = key(None, "replay each iteration from a CUDA graph (default: on for CUDA devices, "
+                                         "eager on CPU)", resumable=True)
+    precision: str = key("fp32", "bf16: autocast + channels_last (opt-in)", choices=PRECISIONS, resumable=True)
+    compile: bool = key(False, "torch.compile the networks", resumable=True)
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,11 @@ class RunConfig:
             kwargs[name] = cls(**values)
         return RunConfig(**kwargs)
 
+    def get(self, name: str) -> Any:
+        """The value of ``"net.nz"``-style key ``name``."""
+        section, _, key = name.partition(".")
+        return getattr(getattr(self, section), key)
+
     def flat(self) -> dict[str, Any]:
         """{"net.nz": 8, ...}: for comparisons and error messages."""
         out: dict[str, Any] = {"preset": self.preset}
@@ -161,22 +186,8 @@ _SECTION_TYPES = {
     "train": TrainConfig,
 }
 
-# Keys a resumed run may change; any other difference is a usage error.
-RESUMABLE_KEYS = frozenset(
-    {"train.steps", "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints", "train.device", "train.impl",
-     "train.cuda_graphs", "train.precision", "train.compile"}
-)
 
-# Presets. "demo" is calibrated to train within 8 minutes on a 2-core CPU (375-422 s measured, benchmarks/results/ablation).
 PRESETS: dict[str, RunConfig] = {
-    # demo: the paper's networks and losses at 32 px with widths 32, batch 8 instead of 2 and a 5x
-    # larger LR so that modes appear within minutes (measured: at lr 2e-4 the run collapsed to one or
-    # two colours in the same budget). lambda_KL: the KL is a SUM over the encoded half-batch, 4x the
-    # paper's, so the paper's per-sample balance is 0.0025; the demo uses 10x that (0.025), ramped up
-    # over the first 30% of 5000 steps. Calibrated on the built-in shapes dataset
-    # (benchmarks/results/demo_calibration_20261126.json): at the paper's balance the encoder used all
-    # 8 dimensions with narrow posteriors, so random z landed where no encoded ground truth was and often
-    # gave blends of colours; the stronger, ramped KL leaves 2-4 dimensions in use and the rest at the prior.
     "demo": RunConfig(
         preset="demo",
         net=NetworkConfig(backbone="unet", inject="all", image_size=32, ngf=32, nef=32, ndf=32, dropout=False),
@@ -193,65 +204,86 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
-# The original's recipe per size where it differs from the 256-px one: unet_128, the 2-layer multi-scale
-# discriminator (basic_128_multi), resnet_128 (the encoder's blocks follow the size by themselves).
-PAPER_SIZE_RECIPES: dict[int, dict[str, Any]] = {128: {"net.backbone": "unet128", "net.d_layers": 2}}
+@dataclass(frozen=True)
+class SizeBand:
+    """The values a preset takes for image sizes from ``low`` to ``high`` px (None: no bound), each unless the
+    user sets that key. ``steps_at_128``: the run's length follows the image size (:func:`band_steps`) when
+    ``train.steps`` is not given. A ``net.inject`` value applies only to backbones with decoder injection points.
+    Why each value: docs/presets.md."""
+
+    name: str
+    summary: str
+    low: int | None = None
+    high: int | None = None
+    values: tuple[tuple[str, Any], ...] = ()
+    steps_at_128: int | None = None
+
+    def holds(self, image_size: int) -> bool:
+        return (self.low is None or image_size >= self.low) and (self.high is None or image_size <= self.high)
 
 
-# The demo preset above 32 px (a user's images): the paper's batch (2) and lambda_KL (0.01), widths 16 and, up to
-# 128 px, the original's 128-px discriminator (2 layers): a 128-px step costs a fifth of one at the 32-px recipe's
-# batch 8 and widths 32, so the same minutes buy 5x the updates. Chosen on shapes-unequal and shapes-outline-big at
-# 128 px (benchmarks/README.md, "Defaults on unseen data"). Up to 128 px the LR is twice the 32-px demo's: at one
-# image per update per network 1e-3 left G too slow to learn every fill colour (benchmarks/README.md, "A larger LR");
-# a 256-px smoke run at 2e-3 drew no valid output, so there the demo keeps 1e-3.
-DEMO_LARGER: dict[str, Any] = {"train.batch_size": 2, "loss.kl": 0.01, "net.ngf": 16, "net.nef": 16, "net.ndf": 16,
-                               "net.inject": "all-film"}
-DEMO_LARGER_SMALL = 128  # up to this size: the original's 128-px D (its stride-2 layers) and DEMO_LARGER_SMALL_LR
-DEMO_LARGER_SMALL_LR = 2e-3
-DEMO_STEPS_128 = 4500
+_DEMO_LARGER = (("train.batch_size", 2), ("loss.kl", 0.01), ("net.ngf", 16), ("net.nef", 16), ("net.ndf", 16),
+                ("net.inject", "all-film"))
+
+SIZE_BANDS: dict[str, tuple[SizeBand, ...]] = {
+    "demo": (
+        SizeBand("32 px", "32 px shapes, widths 32, batch 8, lr 1e-3, lambda_KL 0.025 ramped", high=32),
+        SizeBand("33-128 px", "widths 16, batch 2, lambda_KL 0.01, a 2-layer D, lr 2e-3, length by image size",
+                 low=33, high=128, values=_DEMO_LARGER + (("net.d_layers", 2), ("optim.lr", 2e-3)), steps_at_128=4500),
+        SizeBand("over 128 px", "widths 16, batch 2, lambda_KL 0.01, lr 1e-3, length by image size",
+                 low=129, values=_DEMO_LARGER, steps_at_128=4500),
+    ),
+    "paper": (
+        SizeBand("128 px", "the original's 128-px recipe: unet128, a 2-layer multi-scale D", low=128, high=128,
+                 values=(("net.backbone", "unet128"), ("net.d_layers", 2))),
+        SizeBand("other sizes", "the paper's configuration: unet256, z at all layers, batch 2, lr 2e-4"),
+    ),
+}
+
+
+def size_band(preset: str, image_size: int) -> SizeBand:
+    """The band of ``preset`` that holds ``image_size`` (the first that does)."""
+    return next(b for b in SIZE_BANDS[preset] if b.holds(image_size))
+
+
+def band_steps(band: SizeBand, image_size: int) -> int | None:
+    """A band's length at ``image_size`` px: ``steps_at_128`` at 128 px and 4x fewer per 2x the size (a step's cost
+    grows with the pixel count), rounded to 10, within [10, 5000]; None when the band keeps the preset's length."""
+    if band.steps_at_128 is None:
+        return None
+    return max(10, min(5000, int(round(band.steps_at_128 * (128 / image_size) ** 2 / 10)) * 10))
 
 
 def demo_steps(image_size: int) -> int:
-    """The demo preset's length at ``image_size`` px: 5000 steps at 32 px; above, :data:`DEMO_STEPS_128` at 128 px
-    and 4x fewer per 2x the size (a step's cost grows with the pixel count), at most 5000 (rounded to 10: 5000 at
-    64 px, 4500 at 128, 1120 at 256), so that a run on a user's images ends by itself within ~13 minutes on a 2-core
-    CPU (benchmarks/README.md)."""
-    if image_size <= 32:
-        return 5000
-    return max(10, min(5000, int(round(DEMO_STEPS_128 * (128 / image_size) ** 2 / 10)) * 10))
+    """The demo preset's length at ``image_size`` px."""
+    return band_steps(size_band("demo", image_size), image_size) or PRESETS["demo"].train.steps
 
 
 def preset_config(name: str, overrides: dict[str, Any], *, decoder_points: bool = True) -> RunConfig:
-    """A preset with ``overrides``; the ``paper`` preset at 128 px takes the original's 128-px recipe
-    (:data:`PAPER_SIZE_RECIPES`) for every key the overrides leave out; the ``demo`` preset above 32 px takes
-    :data:`DEMO_LARGER` (and up to :data:`DEMO_LARGER_SMALL` px a 2-layer D and lr :data:`DEMO_LARGER_SMALL_LR`) for
-    every key the overrides leave out, and a length that follows the image size (:func:`demo_steps`) unless
-    ``train.steps`` is given, with a sample grid and a checkpoint every tenth of the run. ``decoder_points``: whether
-    the run's backbone offers decoder injection points; without them the demo keeps the preset's concatenating
-    injector."""
+    """A preset with ``overrides`` and, for every key the overrides leave out, the values of the size band that
+    holds the image size (:data:`SIZE_BANDS`). ``decoder_points``: whether the run's backbone offers decoder
+    injection points; without them a band's ``net.inject`` is not taken."""
+    return resolve_preset(name, overrides, decoder_points=decoder_points)[0]
+
+
+def resolve_preset(name: str, overrides: dict[str, Any], *,
+                   decoder_points: bool = True) -> tuple[RunConfig, SizeBand]:
+    """:func:`preset_config` and the size band that applied."""
     cfg = replace(PRESETS[name], overrides)
-    extra: dict[str, Any] = {}
-    if name == "paper":
-        extra = dict(PAPER_SIZE_RECIPES.get(cfg.net.image_size, {}))
-    elif name == "demo" and cfg.net.image_size > 32:
-        extra = dict(DEMO_LARGER)
-        if not decoder_points:
-            del extra["net.inject"]
-        if cfg.net.image_size <= DEMO_LARGER_SMALL:
-            extra["net.d_layers"] = PAPER_SIZE_RECIPES[DEMO_LARGER_SMALL]["net.d_layers"]
-            extra["optim.lr"] = DEMO_LARGER_SMALL_LR
-        if overrides.get("train.steps") is None:
-            steps = demo_steps(cfg.net.image_size)
-            extra.update({"train.steps": steps, "train.sample_every": max(1, steps // 10),
-                          "train.checkpoint_every": max(1, steps // 10)})
-    return replace(cfg, {k: v for k, v in extra.items() if overrides.get(k) is None})
+    band = size_band(name, cfg.net.image_size)
+    extra = {k: v for k, v in band.values if decoder_points or k != "net.inject"}
+    steps = band_steps(band, cfg.net.image_size)
+    if steps is not None and overrides.get("train.steps") is None:
+        extra.update({"train.steps": steps, "train.sample_every": max(1, steps // 10),
+                      "train.checkpoint_every": max(1, steps // 10)})
+    return replace(cfg, {k: v for k, v in extra.items() if overrides.get(k) is None}), band
 
 
-def replace(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Apply {"net.nz": 16, ...}; None values are ignored. Unknown keys are a ConfigError."""
+def replace(cfg: RunConfig, overrides: dict[str, Any], *, keep_none: bool = False) -> RunConfig:
+    """Apply {"net.nz": 16, ...}; None values are ignored (``keep_none``: set). Unknown keys are a ConfigError."""
     sections: dict[str, dict[str, Any]] = {}
     for key, value in overrides.items():
-        if value is None:
+        if value is None and not keep_none:
             continue
         section, _, name = key.partition(".")
         if section not in _SECTION_TYPES or name not in {f.name for f in dataclasses.fields(_SECTION_TYPES[section])}:
@@ -259,6 +291,48 @@ def replace(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         sections.setdefault(section, {})[name] = value
     kwargs = {s: dataclasses.replace(getattr(cfg, s), **v) for s, v in sections.items()}
     return dataclasses.replace(cfg, **kwargs)
+
+
+def config_fields() -> Iterator[tuple[str, dataclasses.Field]]:
+    """("net.backbone", its field), ... for every key of a :class:`RunConfig`, in declaration order."""
+    for section, cls in _SECTION_TYPES.items():
+        for f in dataclasses.fields(cls):
+            yield f"{section}.{f.name}", f
+
+
+# Keys a resumed run may change; any other difference is a usage error.
+RESUMABLE_KEYS = frozenset(name for name, f in config_fields() if f.metadata["resumable"])
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def parse_value(name: str, text: str) -> Any:
+    """``text`` as the value of config key ``name``, by the field's type: ``none`` for an optional key,
+    ``true``/``false`` for a switch; an unknown or derived key, or a value of the wrong type, is a ConfigError."""
+    fields = dict(config_fields())
+    if name not in fields:
+        close = difflib.get_close_matches(name, list(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"--set {name}={text}: unknown config key {name!r}{hint}; keys: bicycle train --dry-run")
+    f = fields[name]
+    if f.metadata["derived"]:
+        raise ConfigError(f"--set {name}: bicycle fills this key in itself (from the dataset)")
+    kinds = [k.strip() for k in str(f.type).split("|")]
+    word = text.strip().lower()
+    if "None" in kinds and word == "none":
+        return None
+    kind = kinds[0]
+    if kind == "bool":
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise ConfigError(f"--set {name}={text}: {name} takes true or false")
+    if kind in ("int", "float"):
+        try:
+            return int(text) if kind == "int" else float(text)
+        except ValueError:
+            raise ConfigError(f"--set {name}={text}: {name} takes {'an integer' if kind == 'int' else 'a number'}"
+                              + (" or none" if "None" in kinds else "")) from None
+    return text
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -269,14 +343,9 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 def validate(cfg: RunConfig) -> RunConfig:
     """One validation pass over everything that does not need the plugin registry."""
     n, t, o, d = cfg.net, cfg.train, cfg.optim, cfg.data
-    _choice("train.model", t.model, MODELS)
-    _choice("net.norm", n.norm, NORMS)
-    _choice("net.upsample", n.upsample, UPSAMPLES)
-    _choice("net.encoder", n.encoder, ENCODERS)
-    _choice("net.gan_mode", n.gan_mode, GAN_MODES)
-    _choice("data.direction", d.direction, DIRECTIONS)
-    _choice("train.precision", t.precision, PRECISIONS)
-    _choice("data.bad_images", d.bad_images, BAD_IMAGES)
+    for name, f in config_fields():
+        if f.metadata["choices"] is not None:
+            _choice(name, cfg.get(name), f.metadata["choices"])
     if n.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"image size {n.image_size} is too small: bicycle supports {MIN_IMAGE_SIZE} px and up")
     for key, value in (("net.nz", n.nz), ("net.ngf", n.ngf), ("net.nef", n.nef), ("net.ndf", n.ndf),

@@ -16,6 +16,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from bicycle.config import IMPLS
 from bicycle.errors import OpUnavailableError
 from bicycle.kernels import _common
 from bicycle.kernels import lsgan as _lsgan
@@ -25,7 +26,6 @@ from bicycle.kernels.prepare_batch import prepare_batch_cpp, prepare_batch_ref
 from bicycle.kernels.reparam_kl import reparam_kl_ref
 
 Impl = Literal["auto", "triton", "cpp", "ref"]
-IMPLS: tuple[str, ...] = ("auto", "triton", "cpp", "ref")
 OPS: tuple[str, ...] = ("reparam_kl", "lsgan", "lsgan_d", "prepare_batch")
 TRAINING_OPS: tuple[str, ...] = ("reparam_kl", "lsgan", "lsgan_d")  # the ops a training step dispatches
 _TRITON_OPS = frozenset({"reparam_kl", "lsgan", "lsgan_d"})

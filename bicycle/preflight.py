@@ -35,7 +35,7 @@ def resume_config(stored: RunConfig, requested: RunConfig | None, changed: set[s
     if bad:
         diffs = ", ".join(f"{k} (run: {s.get(k)!r}, requested: {r[k]!r})" for k in bad)
         raise ConfigError(f"--resume may only change --steps, the device and logging flags; differs: {diffs}")
-    return replace(stored, {k: r[k] for k in changed if k in RESUMABLE_KEYS})
+    return replace(stored, {k: r[k] for k in changed if k in RESUMABLE_KEYS}, keep_none=True)
 
 
 def check_resume_steps(cfg: RunConfig, done: int) -> None:
@@ -110,7 +110,7 @@ def check_inference(device: str, seed: int, out_dir: Path | None = None, json_pa
     images and the output paths, before loading anything."""
     from bicycle.build import pick_device
     from bicycle.config import MAX_SEED
-    from bicycle.posterior import check_z_source
+    from bicycle.inference.posterior import check_z_source
 
     check_z_source(z_source, temperature)
     pick_device(device)
@@ -128,7 +128,7 @@ def check_inference(device: str, seed: int, out_dir: Path | None = None, json_pa
 
 
 def check_sample(input_path: Path | None, data: str | None, samples: int, n_inputs: int, interpolate: int,
-                 references: Sequence[Path], device: str, seed: int, out_dir: Path, z_source: str = "prior",
+                 references: Sequence[Path], device: str, seed: int, out_dir: Path, z_source: str = "auto",
                  temperature: float = 1.0) -> None:
     """``bicycle sample``'s flags, then :func:`check_inference`."""
     if input_path is not None and data is not None:
@@ -141,7 +141,7 @@ def check_sample(input_path: Path | None, data: str | None, samples: int, n_inpu
         raise ConfigError(f"--interpolate walks between two --reference images; {len(references)} given")
     if interpolate and not references and samples < 2:
         raise ConfigError("--interpolate walks between the first two random codes: give --samples 2 or more")
-    if references and z_source != "prior":
+    if references and z_source == "posterior":
         raise ConfigError("--z-source posterior draws random codes; --reference gives the codes instead: give one of them")
     check_inference(device, seed, out_dir=out_dir, references=references, z_source=z_source, temperature=temperature)
 

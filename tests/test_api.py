@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 import bicycle
 from bicycle.cli import main
 from bicycle.errors import CheckpointError, ConfigError, DataError, NonFiniteError
-from bicycle.sampling import GIF_FRAME_MS
+from bicycle.inference.sample import GIF_FRAME_MS
 
 TINY = ["--image-size", "32", "--ngf", "8", "--nef", "8", "--ndf", "8", "--batch-size", "4", "--steps", "4",
         "--log-every", "2", "--sample-every", "4", "--checkpoint-every", "4", "--impl", "ref"]
@@ -59,7 +59,7 @@ def test_translate_one_input_gives_n_images_and_a_list_gives_lists(run, inputs):
 
 
 def test_the_same_seed_gives_the_same_outputs_whatever_follows_and_however_batched(run, inputs, monkeypatch):
-    import bicycle.api as api
+    import bicycle.inference.model as api
     model = bicycle.load(run, device="cpu")
     alone = model.translate(inputs[0], n=8, seed=3, tensors=True)
     assert torch.equal(alone, model.translate(inputs[0], n=8, seed=3, tensors=True))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bicycle.bench.command import bench
+from bicycle.commands.bench import bench
 from bicycle.bench.ops import paper_op_shapes, run_graph_ops_bench
 from bicycle.bench.step import REQUIRED_KEYS, step_config
 from bicycle.train.reference import reference_step

@@ -162,11 +162,11 @@ def test_eval_writes_every_measure_and_its_protocol(run_dir, tmp_path):
 
 
 def test_prior_coverage_only_for_models_that_train_a_posterior(run_dir):
-    from bicycle.evaluate import evaluate
+    from bicycle.inference.evaluate import evaluate
     from bicycle.models import MODELS
     from bicycle.plugins import get_plugins
     from bicycle.build import build_eval_dataset
-    from bicycle.loading import load_model
+    from bicycle.inference.loading import load_model
 
     assert sorted(k for k, m in MODELS.items() if m.variational) == ["bicycle", "cvae-gan"]  # KL-trained encoders
     ckpt, nets, dev = load_model(run_dir[0], "cpu")
@@ -259,3 +259,18 @@ def test_the_demo_above_32_px_takes_its_larger_images_recipe(args, want):
     n = c["net"]
     assert (c["train"]["batch_size"], c["loss"]["kl"], n["ngf"], n["nef"], n["ndf"], n["d_layers"], n["inject"],
             c["optim"]["lr"]) == want
+
+
+@pytest.mark.parametrize("args, band", [
+    ([], "32 px"),
+    (["--image-size", "128"], "33-128 px"),
+    (["--backbone", "unet256"], "over 128 px"),
+    (["--preset", "paper", "--image-size", "128"], "128 px"),
+    (["--preset", "paper"], "other sizes"),
+])
+def test_the_start_up_line_names_the_preset_and_the_size_band_that_applied(args, band):
+    first = invoke("train", "--dry-run", *args).output.splitlines()[0]
+    preset = args[1] if args[:1] == ["--preset"] else "demo"
+    assert first.startswith(f"bicycle train: preset {preset}, size band {band} (")
+    if band != "32 px":
+        assert "32 px shapes" not in first

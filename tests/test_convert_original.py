@@ -15,8 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bicycle.cli import main
-from bicycle.loading import load_model
-from bicycle.original.command import convert_original
+from bicycle.inference.loading import load_model
+from bicycle.commands.convert_original import convert_original
 
 if "convert-original" not in main.commands:
     main.add_command(convert_original)

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from bicycle.metrics import (consecutive_pair_l1, ideal_distinct_modes, jsd_base2, mode_statistics, prior_coverage,
+from bicycle.inference.metrics import (consecutive_pair_l1, ideal_distinct_modes, jsd_base2, mode_statistics, prior_coverage,
                              z_sensitivity)
 
 

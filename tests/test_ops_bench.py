@@ -11,7 +11,7 @@ from conftest_ops import use_triton_interpreter_without_cuda
 use_triton_interpreter_without_cuda()
 
 from bicycle import ops  # noqa: E402
-from bicycle.bench.command import bench  # noqa: E402
+from bicycle.commands.bench import bench  # noqa: E402
 from bicycle.bench.ops import run_kernel_bench  # noqa: E402
 
 KEYS = {"op", "impl", "pass", "dtype", "shape", "size", "median_ms", "p10_ms", "p90_ms", "gbps", "copy_gbps",

@@ -1,4 +1,4 @@
-"""The dispatcher: what auto picks, errors for impls that cannot run, check_impl, envinfo's report."""
+"""The dispatcher: what auto picks, errors for impls that cannot run, check_impl, the op table of `bicycle env`."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,8 @@ from conftest_ops import use_triton_interpreter_without_cuda
 
 use_triton_interpreter_without_cuda()
 
-from bicycle import envinfo, errors, ops  # noqa: E402
+from bicycle import errors, ops  # noqa: E402
+from bicycle.commands import env as envinfo  # noqa: E402
 from bicycle.kernels import _common  # noqa: E402
 from bicycle.kernels import reparam_kl as _reparam  # noqa: E402
 
@@ -165,7 +166,7 @@ def test_everything_imports_and_runs_without_triton():
     code = (
         "import sys; sys.modules['triton'] = None\n"
         "import torch\n"
-        "from bicycle import ops, envinfo\n"
+        "from bicycle import ops\nfrom bicycle.commands import env as envinfo\n"
         "from bicycle.kernels import _common\n"
         "assert not _common.HAS_TRITON\n"
         "z, kl = ops.reparam_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3))\n"

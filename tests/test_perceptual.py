@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from bicycle.errors import CheckpointError
-from bicycle.perceptual import (ALEX_CHANNELS, LPIPS, LPIPS_SCALE, LPIPS_SHIFT, AlexNetFeatures, FIDInceptionV3,
+from bicycle.inference.perceptual import (ALEX_CHANNELS, LPIPS, LPIPS_SCALE, LPIPS_SHIFT, AlexNetFeatures, FIDInceptionV3,
                                 consecutive_pair_lpips, fid, frechet_distance, gaussian_fit,
                                 inception_expected_shapes, load_inception, load_lpips)
 

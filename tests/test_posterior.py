@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import bicycle
 from bicycle.cli import main
 from bicycle.errors import CheckpointError, ConfigError
-from bicycle.posterior import (FORMAT, GaussianMixture, fit_gmm, fit_gmm_report, load_posterior, posterior_path,
+from bicycle.inference.posterior import (FORMAT, GaussianMixture, fit_gmm, fit_gmm_report, load_posterior, posterior_path,
                                read_posterior, save_posterior)
 
 TINY = ["--image-size", "32", "--ngf", "8", "--nef", "8", "--ndf", "8", "--batch-size", "4", "--steps", "4",
@@ -133,8 +133,24 @@ def test_sample_with_the_posterior_says_so_and_is_seeded(fitted, tmp_path):
         assert "z-source posterior" in r.output and "temperature 0.8" in r.output
         outs.append((tmp_path / f"o{i}" / "grid.png").read_bytes())
     assert outs[0] == outs[1]
-    r = invoke("sample", "--checkpoint", fitted, "--out", tmp_path / "p", "--samples", "2", "--inputs", "1", "--device", "cpu")
+    r = invoke("sample", "--checkpoint", fitted, "--out", tmp_path / "p", "--samples", "2", "--inputs", "1",
+               "--z-source", "prior", "--device", "cpu")
     assert r.exit_code == 0 and "z-source prior" in r.output
+
+
+def test_sample_takes_the_runs_posterior_by_default_and_says_which(fitted, run, tmp_path):
+    r = invoke("sample", "--checkpoint", fitted, "--out", tmp_path / "a", "--samples", "2", "--inputs", "1", "--device", "cpu")
+    assert r.exit_code == 0 and "z-source posterior" in r.output and str(fitted / "posterior.safetensors") in r.output
+    import shutil
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "checkpoints", bare / "checkpoints")
+    r = invoke("sample", "--checkpoint", bare, "--out", tmp_path / "b", "--samples", "2", "--inputs", "1", "--device", "cpu")
+    assert r.exit_code == 0 and "z-source prior" in r.output and "auto: no posterior fitted" in r.output, r.output
+    weights = tmp_path / "w.safetensors"
+    assert invoke("export", fitted, "--out", weights).exit_code == 0
+    r = invoke("sample", "--checkpoint", weights, "--out", tmp_path / "c", "--samples", "2", "--inputs", "1",
+               "--device", "cpu")
+    assert r.exit_code == 0 and f"components, {weights} (z-source posterior)" in r.output, r.output  # the exported file
 
 
 def test_eval_json_names_the_z_source(fitted, tmp_path):
@@ -149,7 +165,12 @@ def test_eval_json_names_the_z_source(fitted, tmp_path):
     out2 = tmp_path / "prior.json"
     assert invoke("eval", "--checkpoint", fitted, "--inputs", "2", "--samples", "2", "--json", out2,
                   "--device", "cpu").exit_code == 0
-    assert json.loads(out2.read_text())["z_source"] == "prior"
+    prior = json.loads(out2.read_text())
+    assert prior["z_source"] == "prior" and prior["protocol"]["z_source"] == "prior"
+    both = prior["by_z_source"]  # the prior at the top, as the paper; both sources side by side
+    assert set(both) == {"prior", "posterior"} and both["prior"]["prior_coverage"] == prior["prior_coverage"]
+    assert both["posterior"]["diversity_pixel_l1"] != prior["diversity_pixel_l1"]
+    assert doc["by_z_source"]["posterior"]["diversity_pixel_l1"] == doc["diversity_pixel_l1"]
 
 
 def test_a_missing_posterior_is_one_line_naming_fit_posterior(run, tmp_path):
@@ -187,7 +208,8 @@ def test_translate_from_the_posterior_is_seeded_and_exported_weights_carry_it(fi
     x[:, 8:24, 8:24] = 1
     a = model.translate(x, n=4, seed=3, z_source="posterior", tensors=True)
     assert torch.equal(a, model.translate(x, n=4, seed=3, z_source="posterior", tensors=True))
-    assert not torch.equal(a, model.translate(x, n=4, seed=3, tensors=True))
+    assert not torch.equal(a, model.translate(x, n=4, seed=3, z_source="prior", tensors=True))
+    assert torch.equal(a, model.translate(x, n=4, seed=3, tensors=True))  # auto: the run's posterior
     z = model.random_z(3, 4, seed=9, z_source="posterior", temperature=0.7)
     assert z.shape == (3, 4, 8) and torch.equal(z[:1], model.random_z(1, 4, seed=9, z_source="posterior", temperature=0.7))
     assert torch.equal(model.random_z(2, 3, seed=1), torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(1)))

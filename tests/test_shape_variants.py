@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bicycle.data.shape_variants import BACKGROUNDS, FILLS, HELD_OUT, VARIANTS, ShapeVariantDataset
-from bicycle.metrics import ideal_distinct_modes
+from bicycle.inference.metrics import ideal_distinct_modes
 from bicycle.testing.fixtures import DatasetConformance, bicycle_registry  # noqa: F401
 
 NAMES = sorted(VARIANTS)

@@ -6,14 +6,14 @@ from pathlib import Path
 import torch
 
 from bicycle import io
-from bicycle.loading import load_model
+from bicycle.inference.loading import load_model
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def export_weights(run: str | Path, out: Path, dtype: str = "fp32") -> dict:
     """Write ``out`` from a run dir / checkpoint / exported file; returns sizes (bytes) of both files."""
-    from bicycle.posterior import current_posterior, embedded_posterior, embedded_tensors, run_dir_of
+    from bicycle.inference.posterior import current_posterior, embedded_posterior, embedded_tensors, run_dir_of
 
     ckpt, nets, _ = load_model(run, "cpu")
     if ckpt.weights_only:

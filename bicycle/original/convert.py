@@ -1,6 +1,6 @@
 """``bicycle convert-original``: the original BicycleGAN's released ``latest_net_G.pth`` / ``latest_net_E.pth``
 (state dicts, read without unpickling code) -> a bicycle run dir that ``sample``, ``eval``, ``export`` and
-:func:`bicycle.loading.load_model` use unchanged.
+:func:`bicycle.inference.loading.load_model` use unchanged.
 
 The tensors determine the architecture (:mod:`bicycle.original.layout`); the original's flags
 (:class:`OriginalFlags`) give the rest (image size, direction, data, dropout) and are checked against the

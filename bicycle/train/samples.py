@@ -12,13 +12,13 @@ import torch
 
 from bicycle.config import RunConfig
 from bicycle.data.base import oracle_of
-from bicycle.metrics import z_sensitivity
+from bicycle.inference.metrics import z_sensitivity
 from bicycle.nets import Nets
-from bicycle.sample import distinct_valid_modes, sample_grid
+from bicycle.inference.sample import distinct_valid_modes, sample_grid
 from bicycle.train.collapse import CollapseMonitor
 
 GRID_INPUTS, GRID_SAMPLES = 4, 6
-# z-sensitivity (bicycle.metrics.z_sensitivity) below this after 10% of training: G is ignoring z.
+# z-sensitivity (bicycle.inference.metrics.z_sensitivity) below this after 10% of training: G is ignoring z.
 Z_SENSITIVITY_WARNING = 0.1
 HEALTH_AFTER = 0.1
 FINAL_INPUTS, FINAL_SAMPLES = 8, 20

@@ -23,7 +23,9 @@ from torch import Tensor
 from bicycle.config import RunConfig
 from bicycle.data.images import convert_image, image_to_tensor, open_image
 from bicycle.errors import ConfigError, DataError
-from bicycle.loading import load_model
+from bicycle.inference.loading import load_model
+from bicycle.inference.posterior import check_z_source
+from bicycle.inference.zsource import ZSource, z_source_for
 from bicycle.nets import Nets
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, Tensor]
@@ -33,7 +35,7 @@ BATCH = 32  # (input, code) pairs per generator call
 def load(path: str | Path, device: str = "auto") -> Model:
     """A run dir (its newest checkpoint), a checkpoint file or exported weights (``bicycle export``).
     Non-finite weights are refused, naming the file (:class:`bicycle.errors.NonFiniteError`)."""
-    from bicycle.posterior import embedded_posterior
+    from bicycle.inference.posterior import embedded_posterior
 
     ckpt, nets, dev = load_model(path, device)
     embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only else None
@@ -54,7 +56,8 @@ class Model:
                  path: Path | None = None, weights_only: bool = False, posterior=None) -> None:
         self.nets, self.config, self.device, self.step, self.path = nets, config, device, step, path
         self.weights_only = weights_only  # exported weights (bicycle export): the posterior, if any, is inside
-        self._posterior = posterior  # None: read from the run dir when first asked for
+        self._embedded = posterior  # the mixture exported weights carry
+        self._posterior, self._posterior_origin = posterior, path  # None: read from the run dir when first asked for
         for _, m in nets.items():
             m.eval()
 
@@ -119,28 +122,34 @@ class Model:
             raise DataError(f"z must be [{self.nz}], [K, {self.nz}] or [{n_inputs}, K, {self.nz}], got {list(z.shape)}")
         return z
 
-    def random_z(self, n_inputs: int, n: int, seed: int | None = None, z_source: str = "prior",
+    def z_source(self, name: str = "auto", temperature: float = 1.0) -> ZSource:
+        """Where random codes come from: ``"prior"``, standard normal (the paper's); ``"posterior"``, the Gaussian
+        mixture fitted to the encoder's means (``bicycle fit-posterior RUN``: RUN/posterior.safetensors for this
+        checkpoint, or the one exported weights carry; an error when there is none or it is stale); ``"auto"``, that
+        mixture when there is one, else the prior (:attr:`ZSource.why` says why). ``temperature`` t scales the
+        codes' spread: N(0, t^2 I), or the mixture's covariances by t^2."""
+        if name == "posterior" and self._posterior is not None:
+            return ZSource(self._posterior, self._posterior_origin, temperature)
+        source = z_source_for(name, temperature, self.path, self.step, self.nz, self.weights_only, self._embedded)
+        if source.mixture is not None:
+            self._posterior, self._posterior_origin = source.mixture, source.origin
+        return source
+
+    def random_z(self, n_inputs: int, n: int, seed: int | None = None, z_source: str | ZSource = "prior",
                  temperature: float = 1.0) -> Tensor:
         """[n_inputs, n, nz] random codes on the CPU; the same seed gives the same codes, and input i's codes
-        do not depend on how many inputs follow it (those of ``bicycle sample``).
-
-        ``z_source``: ``"prior"``, standard normal (the paper's); ``"posterior"``, the Gaussian mixture fitted
-        to the encoder's means (``bicycle fit-posterior RUN``: RUN/posterior.safetensors next to the
-        checkpoint's run dir; an error when missing, stale or when this model is exported weights).
-        ``temperature`` t scales the codes' spread: N(0, t^2 I), or the mixture's covariances by t^2."""
-        from bicycle.posterior import check_z_source, draw_codes
-        check_z_source(z_source, temperature)
+        do not depend on how many inputs follow it (those of ``bicycle sample``). ``z_source``: a name for
+        :meth:`z_source` (with ``temperature``), or a :class:`ZSource`."""
+        if not isinstance(z_source, ZSource):
+            check_z_source(z_source, temperature)
         seed = secrets.randbits(63) if seed is None else seed
-        mixture = self.posterior() if z_source == "posterior" else None
-        return draw_codes(mixture, n_inputs, n, self.nz, seed, temperature)
+        source = z_source if isinstance(z_source, ZSource) else self.z_source(z_source, temperature)
+        return source.draw(n_inputs, n, self.nz, seed)
 
     def posterior(self):
-        """The run's :class:`bicycle.posterior.GaussianMixture` (RUN/posterior.safetensors), checked against
+        """The run's :class:`bicycle.inference.mixture.GaussianMixture` (RUN/posterior.safetensors), checked against
         this model's step; loaded once."""
-        if self._posterior is None:
-            from bicycle.posterior import posterior_for
-            self._posterior = posterior_for(self.path, self.step, self.nz, self.weights_only)
-        return self._posterior
+        return self.z_source("posterior").mixture
 
     # -- the model ------------------------------------------------------------------------------------------
 
@@ -167,14 +176,14 @@ class Model:
 
     def translate(self, inputs: ImageLike | Sequence[ImageLike], n: int = 8, seed: int | None = None,
                   z: Tensor | None = None, reference: ImageLike | Sequence[ImageLike] | None = None,
-                  tensors: bool = False, z_source: str = "prior", temperature: float = 1.0) -> list:
+                  tensors: bool = False, z_source: str | ZSource = "auto", temperature: float = 1.0) -> list:
         """Outputs G(A, z) for each input A.
 
         Codes: ``n`` random codes per input (seeded by ``seed``; None draws a fresh seed); or ``z`` given
         ([nz], [K, nz] shared by every input, or [N, K, nz]); or ``reference``: one image-like or a list,
         encoded (:meth:`encode`) to one code each, the paper's "style from a reference". ``n`` counts only
-        for random codes, and so do ``z_source`` ("prior" or "posterior") and ``temperature`` (see
-        :meth:`random_z`).
+        for random codes, and so do ``z_source`` ("auto", the default: the run's posterior when there is one, else
+        the prior; "prior"; "posterior"; or a :class:`ZSource`) and ``temperature`` (see :meth:`z_source`).
 
         Returns, for one input, a list of its outputs (Pillow images, ``L`` or ``RGB``), for a list of
         inputs a list of such lists; ``tensors=True``: [K, C, S, S] or [N, K, C, S, S] in [-1, 1] instead.

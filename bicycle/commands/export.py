@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from bicycle.commands.reporting import reports_errors
+
 MIB = 2**20
 
 
@@ -16,26 +18,26 @@ MIB = 2**20
               help="dtype of the weights in --out (loaded as float32)")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path),
               help="G(A, z) as ONNX (dynamic batch), E beside it as <name>.encoder.onnx; checked with onnxruntime")
+@reports_errors
 def export(run: Path, out: Path | None, dtype: str, onnx_path: Path | None) -> None:
     """Export a trained model (RUN: a run dir, a checkpoint or exported weights) for inference."""
-    from bicycle.reporting import run_reporting as _run
     from bicycle.preflight import check_export
 
-    _run(check_export, out, onnx_path, "cpu")
+    check_export(out, onnx_path, "cpu")
     if out is not None:
         from bicycle.export.weights import export_weights
-        r = _run(export_weights, run, out, dtype)
+        r = export_weights(run, out, dtype)
         click.echo(f"wrote {out}: {r['bytes'] / MIB:.2f} MiB ({dtype}, step {r['step']}); "
                    f"{r['source']} is {r['source_bytes'] / MIB:.2f} MiB ({100 * r['bytes'] / r['source_bytes']:.0f}%); "
                    + (f"with the run's posterior ({r['posterior_components']} components) for --z-source posterior"
                       if r["posterior_components"] else "no posterior (none fitted for this step): --z-source prior only"))
     if onnx_path is not None:
-        _run(_onnx, run, onnx_path)
+        _onnx(run, onnx_path)
 
 
 def _onnx(run: Path, path: Path) -> dict:
     from bicycle.export.onnx import export_onnx
-    from bicycle.loading import load_model
+    from bicycle.inference.loading import load_model
     from bicycle.plugins import get_plugins
 
     ckpt, nets, _ = load_model(run, "cpu")

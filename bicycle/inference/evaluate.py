@@ -10,14 +10,16 @@ import torch
 
 from bicycle.build import build_eval_dataset, check_channels
 from bicycle.data.base import oracle_of
+from bicycle.errors import BicycleError
 from bicycle.io import atomic_write_bytes, writing
-from bicycle.loading import load_model
-from bicycle.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, prior_coverage, z_sensitivity
+from bicycle.inference.loading import load_model
+from bicycle.inference.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, prior_coverage, z_sensitivity
 from bicycle.models import MODELS
 from bicycle.nets import Nets
-from bicycle.perceptual import FID_VERSION, LPIPS_VERSION, consecutive_pair_lpips, fid
+from bicycle.inference.perceptual import FID_VERSION, LPIPS_VERSION, consecutive_pair_lpips, fid
 from bicycle.plugins import get_plugins
-from bicycle.sample import encoded_outputs, random_outputs
+from bicycle.inference.sample import encoded_outputs, random_outputs
+from bicycle.inference.zsource import PRIOR, ZSource, z_source_for
 
 BATCH = 64
 COVERED = 0.5  # prior_coverage at or above which a random z counts as covered
@@ -52,20 +54,16 @@ FID_NOTE = "fid: not computed; give --inception-weights PATH (pytorch-fid Incept
 
 def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: int, device,
              lpips: Callable | None = None, fid_net: Callable | None = None,
-             weight_tags: dict[str, str] | None = None, variational: bool = True, z_source: str = "prior",
-             temperature: float = 1.0, posterior=None, posterior_file: str | None = None) -> dict:
+             weight_tags: dict[str, str] | None = None, variational: bool = True, source: ZSource = PRIOR) -> dict:
     """Measures over the first ``n_inputs`` pairs of ``dataset`` with ``n_samples`` random z ([nz]) each.
     ``lpips`` (x, y -> [N]) adds ``diversity_lpips``; ``fid_net`` (images -> [N, D]) adds ``fid``;
     each is None (with a line in ``notes``) when not given. ``variational``: the model trains E as a
     posterior (see ``ModelSpec``); otherwise E's variance is untrained and ``prior_coverage`` is None.
-    ``z_source``: "prior" (N(0, I), the paper's) or "posterior" (codes drawn from ``posterior``, a
-    :class:`bicycle.posterior.GaussianMixture`); ``temperature`` scales the codes' spread."""
+    ``source``: where the random codes come from (:class:`~bicycle.inference.zsource.ZSource`; the prior N(0, I),
+    the paper's, by default)."""
     m = min(n_inputs, len(dataset))
     a, b = dataset.get_batch(list(range(m)))
-    from bicycle.posterior import draw_codes
-    if (z_source == "posterior") != (posterior is not None):
-        raise ValueError("evaluate: give posterior exactly when z_source is 'posterior'")
-    z = draw_codes(posterior, m, n_samples, nz, seed, temperature)
+    z = source.draw(m, n_samples, nz, seed)
     for _, net in nets.items():
         net.eval()
     outs, enc = _outputs(nets, a, b, z, device)
@@ -111,25 +109,24 @@ def evaluate(nets: Nets, dataset, nz: int, n_inputs: int, n_samples: int, seed: 
         result.update(_valid_by_coverage(valid, coverage))
     result["protocol"] = {"version": PROTOCOL_VERSION, "inputs": m, "samples": n_samples, "seed": seed,
                           "pairing": "consecutive pairs of each input's samples (N-1 per input)",
-                          "z": _z_words(z_source, temperature, posterior, posterior_file),
-                          "z_source": z_source, "temperature": temperature,
+                          "z": _z_words(source), "z_source": source.name, "temperature": source.temperature,
                           "inputs_taken": f"the first {m} pairs of the evaluation split",
                           "lpips": LPIPS_VERSION if result["diversity_lpips"] is not None else None,
                           "fid": FID_VERSION if result["fid"] is not None else None}
     for key, tag in (weight_tags or {}).items():
         result["protocol"][f"{key}_weights"] = tag
     result["notes"] = notes
-    result["z_source"] = z_source
+    result["z_source"] = source.name
     return result
 
 
-def _z_words(z_source: str, temperature: float, posterior, posterior_file: str | None) -> str:
-    spread = "" if temperature == 1.0 else f", spread scaled by temperature {temperature:g}"
-    if z_source == "prior":
+def _z_words(source: ZSource) -> str:
+    spread = "" if source.temperature == 1.0 else f", spread scaled by temperature {source.temperature:g}"
+    if source.mixture is None:
         return f"N(0, I){spread}, drawn on the CPU from torch.Generator(seed)"
-    return (f"the aggregate posterior: a {posterior.k}-component full-covariance Gaussian mixture fitted to mu(E(B)) "
-            f"over the training split ({posterior_file or 'posterior.safetensors'}){spread}, drawn on the CPU from "
-            f"torch.Generator(seed), input by input")
+    return (f"the aggregate posterior: a {source.mixture.k}-component full-covariance Gaussian mixture fitted to "
+            f"mu(E(B)) over the training split ({source.origin or 'posterior.safetensors'}){spread}, drawn on the CPU "
+            f"from torch.Generator(seed), input by input")
 
 
 def _valid_by_coverage(valid: torch.Tensor, coverage: torch.Tensor | None) -> dict[str, float | None]:
@@ -146,7 +143,7 @@ def _valid_by_coverage(valid: torch.Tensor, coverage: torch.Tensor | None) -> di
 def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, seed: int, json_path: Path | None,
              device: str, echo: Callable[[str], None] = print, lpips_weights: str | Path | None = None,
              inception_weights: str | Path | None = None, z_source: str = "prior", temperature: float = 1.0) -> dict:
-    from bicycle.perceptual import file_tag, load_inception, load_lpips
+    from bicycle.inference.perceptual import file_tag, load_inception, load_lpips
     lpips = load_lpips(lpips_weights) if lpips_weights is not None else None  # weight errors before the model
     fid_net = load_inception(inception_weights) if inception_weights is not None else None
     tags = {}
@@ -155,12 +152,7 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     if fid_net is not None:
         tags["fid"] = file_tag(inception_weights)
     ckpt, nets, dev = load_model(checkpoint, device)
-    posterior, posterior_file = None, None
-    if z_source == "posterior":  # missing or stale: one error before any data is read
-        from bicycle.posterior import embedded_posterior, posterior_for, posterior_path, run_dir_of
-        embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only else None
-        posterior = posterior_for(ckpt.path, ckpt.step, ckpt.config.net.nz, ckpt.weights_only, embedded)
-        posterior_file = str(ckpt.path if embedded is not None else posterior_path(run_dir_of(ckpt.path)))
+    source, other = _sources(ckpt, z_source, temperature)  # a missing or stale posterior: an error before the data
     lpips = lpips.to(dev) if lpips is not None else None
     fid_net = fid_net.to(dev) if fid_net is not None else None
     cfg = ckpt.config
@@ -169,16 +161,49 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
     registry = get_plugins().registry
     ds = build_eval_dataset(cfg, registry, "the evaluation", echo=echo, model_channels=True)
     check_channels(ds, cfg)
-    result = evaluate(nets, ds, cfg.net.nz, n_inputs, n_samples, seed, dev, lpips=lpips, fid_net=fid_net,
-                      weight_tags=tags, variational=MODELS[cfg.train.model].variational, z_source=z_source,
-                      temperature=temperature, posterior=posterior, posterior_file=posterior_file)
+    by_source = {}
+    for z in (source, other):
+        if z is source or z.mixture is not None or source.mixture is not None:
+            by_source[z.name] = evaluate(nets, ds, cfg.net.nz, n_inputs, n_samples, seed, dev, lpips=lpips,
+                                         fid_net=fid_net, weight_tags=tags,
+                                         variational=MODELS[cfg.train.model].variational, source=z)
+    result = dict(by_source[source.name])
+    result["by_z_source"] = {name: _measures(by_source[name]) if name in by_source else None
+                             for name in ("prior", "posterior")}
+    if "posterior" not in by_source:
+        result["notes"] = result["notes"] + [f"by_z_source: no posterior ({other.why})"]
     result.update(checkpoint=str(ckpt.path), step=ckpt.step, model=cfg.train.model, data=cfg.data.data)
     for key, value in result.items():
-        if key not in ("protocol", "notes"):
+        if key not in ("protocol", "notes", "by_z_source"):
             echo(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    for name, measures in result["by_z_source"].items():
+        if measures is not None:
+            echo(f"{'by_z_source ' + name:>24}: " + ", ".join(f"{k} {v:.4f}" for k, v in measures.items()
+                                                              if isinstance(v, float)))
     for note in result["notes"]:
         echo(f"note: {note}")
     if json_path is not None:
         with writing(json_path):
             atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
     return result
+
+
+def _sources(ckpt, z_source: str, temperature: float) -> tuple[ZSource, ZSource]:
+    """(the source asked for, the other one of ``by_z_source``: the checkpoint's mixture, or the prior)."""
+    from bicycle.inference.posterior import embedded_posterior
+
+    def resolve(name: str) -> ZSource:
+        embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only and name != "prior" else None
+        return z_source_for(name, temperature, ckpt.path, ckpt.step, ckpt.config.net.nz, ckpt.weights_only, embedded)
+
+    chosen = resolve(z_source)
+    if chosen.mixture is not None:
+        return chosen, resolve("prior")
+    try:
+        return chosen, resolve("auto")
+    except BicycleError as exc:
+        return chosen, ZSource(temperature=temperature, why=f"auto: {exc}")
+
+
+def _measures(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("protocol", "notes", "z_source")}

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from bicycle.commands.reporting import reports_errors
+
 _PATH = click.Path(dir_okay=True, path_type=Path)
 
 
@@ -32,14 +34,14 @@ _PATH = click.Path(dir_okay=True, path_type=Path)
 @click.option("--dataroot", help="the dataset folder (pix2pix layout); without it, commands that need data want --data")
 @click.option("--use_dropout", is_flag=True, help="net.dropout for later training (inference never drops out)")
 @click.option("--no_flip", is_flag=True, help="data.flip off")
+@reports_errors
 def convert_original(g_path: Path, e_path: Path | None, out: Path, **flags) -> None:
     """Convert the original BicycleGAN's released G (and E) state dicts (github.com/junyanz/BicycleGAN) into
     a bicycle run dir for `bicycle sample`, `eval` and `export`. The tensors determine the architecture; the
     original's flags, where given, must agree with them."""
-    from bicycle.reporting import run_reporting as _run
     from bicycle.original.convert import OriginalFlags, convert
 
-    result = _run(convert, g_path, e_path, out, OriginalFlags(**flags), echo=click.echo)
+    result = convert(g_path, e_path, out, OriginalFlags(**flags), echo=click.echo)
     n, t = result.config.net, result.config.train
     enc = f", E {n.encoder} (nef {n.nef})" if t.model != "pix2pix" else ""
     click.echo(f"converted {', '.join(str(p) for p in (g_path, e_path) if p is not None)} -> {result.run_dir}: model "

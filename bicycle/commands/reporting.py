@@ -1,22 +1,26 @@
 """How every command reports bicycle's errors: one line and the error class's exit code (usage errors exit 2)."""
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 import click
 
 from bicycle.errors import EXIT_INTERRUPTED, BicycleError, ConfigError
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def run_reporting(fn: Callable[..., T], *args, **kwargs) -> T:
-    """``fn(*args, **kwargs)``; a ConfigError becomes a usage error, any other BicycleError one line with its
-    exit code, Ctrl-C a line and exit 130."""
+@contextmanager
+def reporting() -> Iterator[None]:
+    """A ConfigError becomes a usage error, any other BicycleError one line with its exit code, Ctrl-C a line and
+    exit 130."""
     try:
-        return fn(*args, **kwargs)
+        yield
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     except KeyboardInterrupt:
@@ -30,8 +34,12 @@ def run_reporting(fn: Callable[..., T], *args, **kwargs) -> T:
         raise err from exc
 
 
-def announce(exc: BicycleError) -> None:
-    """Print ``exc`` now, as the CLI would, and mark it reported (rank 0's verdict, printed before any rank exits)."""
-    click.echo(f"Error: {exc}", err=True)
-    sys.stderr.flush()
-    exc.reported = True
+def reports_errors(fn: Callable[P, T]) -> Callable[P, T]:
+    """A command's body under :func:`reporting` (put it below the click decorators)."""
+
+    @functools.wraps(fn)
+    def command(*args: P.args, **kwargs: P.kwargs) -> T:
+        with reporting():
+            return fn(*args, **kwargs)
+
+    return command

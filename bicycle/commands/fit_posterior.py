@@ -1,11 +1,13 @@
-"""``bicycle fit-posterior``: a thin layer over :func:`bicycle.posterior.fit_posterior`."""
+"""``bicycle fit-posterior``: a thin layer over :func:`bicycle.inference.posterior.fit_posterior`."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from bicycle.posterior import COMPONENTS, MAX_POINTS
+from bicycle.commands.reporting import reports_errors
+
+from bicycle.inference.posterior import COMPONENTS, MAX_POINTS
 
 
 @click.command("fit-posterior")
@@ -16,11 +18,11 @@ from bicycle.posterior import COMPONENTS, MAX_POINTS
 @click.option("--device", default="auto", show_default=True, help="where E encodes (the fit runs on the CPU)")
 @click.option("--points", type=int, default=MAX_POINTS, show_default=True,
               help="at most this many training images encoded (a seeded subset above it)")
+@reports_errors
 def fit_posterior(run: Path, components: int, seed: int, device: str, points: int) -> None:
     """Fit a Gaussian mixture to the encoder's means mu(E(B)) over RUN's training split (RUN: a run dir,
     its newest checkpoint; or one of its checkpoint files) and write RUN/posterior.safetensors, what
     `bicycle sample/eval --z-source posterior` draws z from."""
-    from bicycle.reporting import run_reporting as _run
-    from bicycle.posterior import fit_posterior as fit
+    from bicycle.inference.posterior import fit_posterior as fit
 
-    _run(fit, run, components=components, seed=seed, device=device, max_points=points, echo=click.echo)
+    fit(run, components=components, seed=seed, device=device, max_points=points, echo=click.echo)
