@@ -115,21 +115,32 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def page(tiny_run):
-    """The demo on a free localhost port; (url, seconds until the page answered)."""
+    """``bicycle demo RUN`` as a user starts it, on a free localhost port; (url, seconds until HTTP 200)."""
     if _missing("gradio"):
         yield None
         return
-    os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+    import subprocess
+    import sys
     import urllib.request
-
-    from bicycle.demo import serve
     port = _free_port()
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "GRADIO_ANALYTICS_ENABLED": "False"}
     t0 = time.monotonic()
-    app = serve(str(tiny_run), port=port, block=False, echo=lambda _: None)
+    server = subprocess.Popen([sys.executable, "-m", "bicycle", "demo", str(tiny_run), "--port", str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
-    assert urllib.request.urlopen(url, timeout=20).status == 200
-    yield url, time.monotonic() - t0
-    app.close()
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(url, timeout=5).status == 200:
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() - t0 < 60, "the demo did not answer within 60 s"
+                time.sleep(0.2)
+        yield url, time.monotonic() - t0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_the_page_answers_quickly_and_loads_nothing_from_outside(page):
@@ -210,3 +221,13 @@ def test_in_a_real_browser_draw_generate_upload_and_steer(page, tmp_path):
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#walked img").screenshot_as_png != first)
     finally:
         driver.quit()
+
+
+def test_the_demo_command_names_the_missing_extra_in_one_line(monkeypatch, tiny_run):
+    import importlib.util
+
+    from bicycle.cli import main
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    r = CliRunner().invoke(main, ["demo", str(tiny_run)])
+    assert r.exit_code == 1 and "pip install 'bicycle[demo]'" in r.output and "Traceback" not in r.output

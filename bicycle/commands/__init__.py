@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "export"),
     "convert-original": ("convert_original", "convert_original"),
     "fit-posterior": ("fit_posterior", "fit_posterior"),
+    "demo": ("demo", "demo"),
 }
 
 

@@ -11,7 +11,7 @@ def example_inputs(model, echo: Callable[[str], None]):
     model was trained on; ([], None) when it cannot be read here (a folder on another machine), said via echo."""
     import dataclasses
 
-    from bicycle.api import to_pil
+    from bicycle.inference.model import to_pil
     from bicycle.build import build_eval_dataset
     from bicycle.errors import BicycleError
     from bicycle.plugins import get_plugins
@@ -30,13 +30,21 @@ def example_inputs(model, echo: Callable[[str], None]):
 def serve(path: str, host: str = "127.0.0.1", port: int = 7860, device: str = "auto", invert: bool = False,
           echo: Callable[[str], None] = print, block: bool = True):
     """Load the model at ``path`` and serve its page; returns the page (``block=False``: at once)."""
-    from bicycle.api import load
+    import importlib.util
+
+    from bicycle.errors import BicycleError
+    if importlib.util.find_spec("gradio") is None:
+        raise BicycleError("the demo page needs Gradio, not installed here: pip install 'bicycle[demo]'")
     from bicycle.demo.app import Demo, build, launch
     from bicycle.demo.inputs import polarity_of
+    from bicycle.inference.model import load
 
     model = load(path, device)
     examples, a = example_inputs(model, echo)
     demo = Demo(model, examples, polarity_of(a, invert))
     page = build(demo)
     echo(f"demo: {demo.name} on http://{host}:{port} (Ctrl+C stops it)")
-    return launch(page, host, port, block)
+    try:
+        return launch(page, host, port, block)
+    except OSError as e:
+        raise BicycleError(f"cannot serve the demo on {host}:{port}: {str(e).splitlines()[0]} (another --port?)") from None

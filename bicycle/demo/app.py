@@ -85,20 +85,12 @@ class Demo:
         return str(path)
 
     # -- codes ------------------------------------------------------------------------------------------
-    def source(self, choice: str) -> tuple[str, str]:
-        """(prior | posterior, how it was chosen) for the page's choice (auto: the fitted posterior when
-        this checkpoint has one, else the prior)."""
+    def source(self, choice: str, temperature: float):
+        """The :class:`~bicycle.inference.zsource.ZSource` for the page's choice (auto: the posterior fitted for
+        this checkpoint when there is one, else the prior, saying why)."""
         if choice not in Z_CHOICES:
             raise BicycleError(f"z source must be one of {', '.join(Z_CHOICES)}, got {choice!r}")
-        if choice != "auto":
-            if choice == "posterior":
-                self.model.posterior()
-            return choice, choice
-        try:
-            self.model.posterior()
-            return "posterior", "auto: the posterior fitted for this checkpoint"
-        except BicycleError:
-            return "prior", "auto: the prior (no posterior fitted for this checkpoint)"
+        return self.model.z_source(choice, temperature)
 
     def _input(self, value: object, fill: bool = False) -> Image.Image:
         img = drawing(value, self.polarity)
@@ -113,11 +105,12 @@ class Demo:
             raise BicycleError(f"outputs: choose 1 to {MAX_OUTPUTS}, got {n}")
         seed = int(seed)
         inp = self._input(value, fill)
-        source, how = self.source(choice) if self.uses_z else ("prior", "none (pix2pix ignores z)")
-        codes = self.model.random_z(1, n, seed, z_source=source, temperature=float(temperature))[0]
+        source = self.source(choice if self.uses_z else "prior", float(temperature))
+        how = source.describe() if self.uses_z else "none (pix2pix ignores z)"
+        codes = self.model.random_z(1, n, seed, z_source=source)[0]
         outs = self.model.translate(inp, z=codes)
-        session.codes, session.seed, session.source, session.picked = codes, seed, source, 0
-        gallery = [(self._save(im), f"#{i} · seed {seed} · z {source}") for i, im in enumerate(outs)]
+        session.codes, session.seed, session.source, session.picked = codes, seed, source.name, 0
+        gallery = [(self._save(im), f"#{i} · seed {seed} · z {source.name}") for i, im in enumerate(outs)]
         status = f"{len(outs)} output(s) by **{self.name}**; z source: {how}; seed {seed}; temperature {float(temperature):g}"
         return gallery, session, *self.slider_values(session), status
 
