@@ -18,6 +18,7 @@ from bicycle.build import build_networks, resolve
 from bicycle.config import RESUMABLE_KEYS, RunConfig, replace
 from bicycle.errors import ConfigError, DataError, StorageError
 from bicycle.registry import Registry
+from bicycle.runlock import check_not_busy
 
 if TYPE_CHECKING:
     from bicycle.train.distributed import World
@@ -94,6 +95,7 @@ def check_room(where: Path, cfg: RunConfig, registry: Registry, flag: str) -> No
 def check_train(cfg: RunConfig, registry: Registry, run_dir: Path, *, resume: bool) -> RunConfig:
     """Everything ``bicycle train`` can check before reading data: the resolved config and the run dir."""
     cfg = resolve(cfg, registry)
+    check_not_busy(run_dir)
     ckpts = run_dir / "checkpoints"
     if not resume and ((ckpts / "latest").exists() or any(ckpts.glob("step_*.safetensors"))):
         raise ConfigError(f"run dir {run_dir} already holds a run: continue it with --resume {run_dir}, "

@@ -17,6 +17,7 @@ from bicycle.errors import CheckpointError, NonFiniteError, PeerLost, TrainingDi
 from bicycle.io import (atomic_write_bytes, load_checkpoint, load_networks, load_optimizers, remove_stale_temporaries,
                         resolve_checkpoint_path, writing)
 from bicycle.plugins import Plugins, get_plugins
+from bicycle.runlock import run_dir_writer
 from bicycle.train.checkpoints import checkpoint_name, write_checkpoint
 from bicycle.train.data import BatchStream
 from bicycle.train.datafiles import manifest_metadata, manifests, resume_data_warning, run_splits, write_bad_list
@@ -74,11 +75,17 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
           echo: Callable[[str], None] = print, world: World = SINGLE) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume``). Returns when done or stopped.
     ``world``: this process's rank under torchrun (:mod:`bicycle.train.distributed`); rank 0 alone writes."""
+    with run_dir_writer(run_dir, resume=resume, hold=world.main):
+        return _train_world(cfg, run_dir, resume, plugins or get_plugins(), echo, world)
+
+
+def _train_world(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: Callable[[str], None],
+                 world: World) -> TrainResult:
     if not world.launched:
-        return _train(cfg, run_dir, resume, plugins or get_plugins(), echo, None)
+        return _train(cfg, run_dir, resume, plugins, echo, None)
     group = Group(world, device_for(world, cfg.train.device), capture=cfg.train.cuda_graphs is True)
     try:
-        return _train(cfg, run_dir, resume, plugins or get_plugins(), echo if world.main else _quiet, group)
+        return _train(cfg, run_dir, resume, plugins, echo if world.main else _quiet, group)
     except TrainingDiverged as exc:  # every rank decided it at the same step: one verdict, printed by rank 0
         if world.main:
             from bicycle.reporting import announce
