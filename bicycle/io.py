@@ -256,8 +256,11 @@ def load_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) -> Ch
                     break
                 skipped.append((f, CheckpointError(f"{f} is missing")))
                 continue
-            except NonFiniteError:
-                raise
+            except NonFiniteError as exc:
+                if not getattr(exc, "damaged", False):
+                    raise
+                skipped.append((f, exc))
+                continue
             except CheckpointError as exc:
                 skipped.append((f, exc))
                 continue
@@ -297,16 +300,21 @@ def _read_checkpoint(p: Path) -> Checkpoint:
         raise CheckpointError(f"{p} is not a bicycle checkpoint (format {meta.get('format')!r}, expected {FORMAT!r} "
                               f"or {WEIGHTS_FORMAT!r})")
     changed = verify_digests(tensors, meta.get(DIGESTS_KEY))
+    bad = nonfinite_tensors(tensors)
+    if bad and changed:  # damage that made NaN/inf (a flipped exponent bit): a changed file like any other
+        exc = NonFiniteError(f"checkpoint {p} changed after it was written: {changed}; it holds non-finite values "
+                             f"(NaN or inf) in {_names(bad)}")
+        exc.damaged = True
+        raise exc
     if changed:
         raise CheckpointError(f"checkpoint {p} changed after it was written: {changed}")
+    if bad:
+        raise NonFiniteError(f"checkpoint {p} holds non-finite values (NaN or inf) in {_names(bad)}: the run had "
+                             f"diverged when it was written; use an earlier checkpoint")
     try:
         config = RunConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, ValueError, ConfigError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {p} has an unreadable config: {exc}") from exc
-    bad = nonfinite_tensors(tensors)
-    if bad:
-        raise NonFiniteError(f"checkpoint {p} holds non-finite values (NaN or inf) in {_names(bad)}: the run had "
-                             f"diverged when it was written; use an earlier checkpoint")
     try:
         step = int(meta.get("step", 0))
     except ValueError:

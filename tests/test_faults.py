@@ -533,3 +533,17 @@ def test_the_tensor_writers_own_temporary_is_removed_at_the_next_start(tmp_path)
     r, _ = _train(["train", "--resume", str(run), "--steps", "2"])
     assert r.exit_code == 0, r.output[-2000:]
     assert not leftover.exists(), "safetensors' temporary survived the next start"
+
+
+def test_a_start_that_fails_before_its_first_checkpoint_leaves_no_run_dir(tmp_path):
+    """ENOSPC at the first checkpoint of a new run dir: one storage line, and no empty run dir left behind."""
+    run = tmp_path / "runs" / "new"
+
+    def save_file(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, ENOSPC, filename)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(io, "save_file", save_file)
+        r, last = _train([*SHORT, "--steps", "1", "--sample-every", "1000", "--run-dir", str(run)])
+    _assert_one_storage_line(r, last)
+    assert not (tmp_path / "runs").exists(), sorted(str(p) for p in tmp_path.rglob("*"))
