@@ -224,8 +224,14 @@ class _Vanished(Exception):
     """The checkpoint file disappeared between the listing and the read (pruned by a training run)."""
 
 
+_WARNED: set[str] = set()
+
+
 def _warn(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """To stderr, once per process (``--resume`` reads the run's checkpoint twice: for its config, then under the lock)."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr, flush=True)
 
 
 def load_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) -> Checkpoint:
