@@ -198,15 +198,16 @@ def _resumed_config(ctx: click.Context, preset: str, run_dir: Path | None, resum
               help="random z from N(0, I) (the paper's) or from RUN/posterior.safetensors (bicycle fit-posterior RUN)")
 @click.option("--temperature", type=float, default=1.0, show_default=True,
               help="scale of the random codes' spread (the prior's std, the mixture's covariances by T^2)")
+@click.option("--force", is_flag=True, help="replace the outputs of an earlier sample in --out")
 def sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int,
            references: tuple[Path, ...], interpolate: int, out: Path, seed: int, device: str, z_source: str,
-           temperature: float) -> None:
+           temperature: float, force: bool) -> None:
     """Write, per input, a grid (input, ground truth and encoded output when known, N random-z outputs)
     and the individual outputs; with --interpolate, an animated GIF and a strip per input."""
     from bicycle.preflight import check_sample
     from bicycle.sampling import run_sample
     _run(check_sample, input_path, data, samples, n_inputs, interpolate, references, device, seed, out,
-         z_source=z_source, temperature=temperature)
+         z_source=z_source, temperature=temperature, force=force)
     _run(run_sample, checkpoint, input_path, data, samples, n_inputs, out, seed, device, click.echo,
          references=references, interpolate=interpolate, z_source=z_source, temperature=temperature)
 
@@ -226,16 +227,17 @@ def sample(checkpoint: str, input_path: Path | None, data: str | None, samples: 
 @click.option("--z-source", type=click.Choice(["prior", "posterior"]), default="prior", show_default=True,
               help="random z from N(0, I) (the paper's protocol) or from RUN/posterior.safetensors")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="scale of the random codes' spread")
+@click.option("--force", is_flag=True, help="replace an existing --json file")
 def evaluate(checkpoint: str, data: str | None, n_inputs: int, samples: int, seed: int, json_path: Path | None,
              device: str, lpips_weights: Path | None, inception_weights: Path | None, z_source: str,
-             temperature: float) -> None:
+             temperature: float, force: bool) -> None:
     """Realism and diversity: oracle measures when the dataset has one, pixel diversity always; LPIPS
     diversity and FID with local weights (never downloaded)."""
     if samples < 1 or n_inputs < 1:
         raise click.UsageError("--samples and --inputs must be at least 1")
     from bicycle.evaluate import run_eval
     from bicycle.preflight import check_inference
-    _run(check_inference, device, seed, json_path=json_path, z_source=z_source, temperature=temperature)
+    _run(check_inference, device, seed, json_path=json_path, z_source=z_source, temperature=temperature, force=force)
     _run(run_eval, checkpoint, data, n_inputs, samples, seed, json_path, device, click.echo,
          lpips_weights=lpips_weights, inception_weights=inception_weights, z_source=z_source,
          temperature=temperature)

@@ -180,9 +180,12 @@ def save_weights(path: Path, config: RunConfig, nets: Nets, step: int, dtype: to
                if k.split(".", 1)[0] in ("G", "E")}
     tensors.update(extra or {})
     bad = nonfinite_tensors(tensors)
+    source_bad = nonfinite_tensors({k: v for k, v in _state_tensors(nets).items() if k in tensors} | (extra or {}))
+    if source_bad:
+        raise NonFiniteError(f"refusing to write {path}: {_names(source_bad)} hold NaN or inf")
     if bad:
-        raise NonFiniteError(f"refusing to write {path}: {_names(bad)} do not fit in {str(dtype).removeprefix('torch.')} "
-                             f"(or were not finite); export in float32")
+        raise NonFiniteError(f"refusing to write {path}: {_names(bad)} do not fit in {str(dtype).removeprefix('torch.')}; "
+                             f"export in float32")
     meta = {"format": WEIGHTS_FORMAT, "config": config.to_json(), "step": str(step),
             "dtype": str(dtype).removeprefix("torch."), "source": source}
     _atomic_save_tensors(path, tensors, meta)

@@ -18,6 +18,7 @@ from bicycle.build import build_networks, resolve
 from bicycle.config import RESUMABLE_KEYS, RunConfig, replace
 from bicycle.errors import ConfigError, DataError, StorageError
 from bicycle.registry import Registry
+from bicycle.outputs import check_output_file, check_output_folder, check_writable
 from bicycle.runlock import check_not_busy
 
 if TYPE_CHECKING:
@@ -43,34 +44,6 @@ def check_resume_steps(cfg: RunConfig, done: int) -> None:
     if cfg.train.steps < done:
         raise ConfigError(f"--steps {cfg.train.steps} is below the run's current step {done}: nothing to train "
                           f"(give --steps above {done}, or leave it out)")
-
-
-def _existing_ancestor(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists():
-        p = p.parent
-    return p
-
-
-def check_writable(path: Path, flag: str) -> Path:
-    """``path`` (a folder, created later if missing) can be written: probed with a real file in it or in
-    its nearest existing parent, so read-only mounts and missing permissions fail here, not mid-run."""
-    where = _existing_ancestor(path)
-    if not where.is_dir():
-        raise StorageError(f"{flag} {path}: {where} is a file, not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".bicycle-probe-", dir=where)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise StorageError(f"{flag} {path}: cannot write in {where}: {exc.strerror or exc}") from exc
-    return where
-
-
-def check_output_file(path: Path, flag: str) -> None:
-    if path.is_dir():
-        raise StorageError(f"{flag} {path} is a folder; give a file path")
-    check_writable(path.parent, flag)
 
 
 def checkpoint_bytes(cfg: RunConfig, registry: Registry) -> int:
@@ -107,7 +80,8 @@ def check_train(cfg: RunConfig, registry: Registry, run_dir: Path, *, resume: bo
 
 
 def check_inference(device: str, seed: int, out_dir: Path | None = None, json_path: Path | None = None,
-                    references: Sequence[Path] = (), z_source: str = "prior", temperature: float = 1.0) -> None:
+                    references: Sequence[Path] = (), z_source: str = "prior", temperature: float = 1.0,
+                    force: bool = False) -> None:
     """``bicycle sample`` / ``bicycle eval``: the device, the seed, --z-source and --temperature, the reference
     images and the output paths, before loading anything."""
     from bicycle.build import pick_device
@@ -122,16 +96,14 @@ def check_inference(device: str, seed: int, out_dir: Path | None = None, json_pa
         if not ref.is_file():
             raise DataError(f"--reference {ref} does not exist")
     if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise StorageError(f"--out {out_dir} is a file, not a folder")
-        check_writable(out_dir, "--out")
+        check_output_folder(out_dir, "--out", force)
     if json_path is not None:
-        check_output_file(json_path, "--json")
+        check_output_file(json_path, "--json", force)
 
 
 def check_sample(input_path: Path | None, data: str | None, samples: int, n_inputs: int, interpolate: int,
                  references: Sequence[Path], device: str, seed: int, out_dir: Path, z_source: str = "prior",
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, force: bool = False) -> None:
     """``bicycle sample``'s flags, then :func:`check_inference`."""
     if input_path is not None and data is not None:
         raise ConfigError("give at most one of --input IMAGE_OR_DIR or --data NAME|PATH")
@@ -145,10 +117,11 @@ def check_sample(input_path: Path | None, data: str | None, samples: int, n_inpu
         raise ConfigError("--interpolate walks between the first two random codes: give --samples 2 or more")
     if references and z_source != "prior":
         raise ConfigError("--z-source posterior draws random codes; --reference gives the codes instead: give one of them")
-    check_inference(device, seed, out_dir=out_dir, references=references, z_source=z_source, temperature=temperature)
+    check_inference(device, seed, out_dir=out_dir, references=references, z_source=z_source, temperature=temperature,
+                    force=force)
 
 
-def check_export(out: Path | None, onnx_path: Path | None, device: str) -> None:
+def check_export(out: Path | None, onnx_path: Path | None, device: str, force: bool = False) -> None:
     """``bicycle export``: something to write, and paths that can be written."""
     from bicycle.build import pick_device
 
@@ -156,9 +129,9 @@ def check_export(out: Path | None, onnx_path: Path | None, device: str) -> None:
         raise ConfigError("nothing to export: give --out model.safetensors and/or --onnx model.onnx")
     pick_device(device)
     if out is not None:
-        check_output_file(out, "--out")
+        check_output_file(out, "--out", force, need=0)
     if onnx_path is not None:
-        check_output_file(onnx_path, "--onnx")
+        check_output_file(onnx_path, "--onnx", force, need=0)
 
 
 def check_world(world: World, preset: str, run_dir: Path | None, resume_dir: Path | None,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import click
 
@@ -17,17 +17,22 @@ def run_reporting(fn: Callable[..., T], *args, **kwargs) -> T:
     exit code, Ctrl-C a line and exit 130."""
     try:
         return fn(*args, **kwargs)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
     except KeyboardInterrupt:
         click.echo("interrupted (Ctrl-C): stopped at once; checkpoints already written are kept", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except BicycleError as exc:
-        if exc.reported:
-            sys.exit(exc.exit_code)
-        err = click.ClickException(str(exc))
-        err.exit_code = exc.exit_code
-        raise err from exc
+        report(exc)
+
+
+def report(exc: BicycleError) -> NoReturn:
+    """``exc`` as the CLI reports it: a ConfigError as a usage error, any other one line and its exit code."""
+    if isinstance(exc, ConfigError):
+        raise click.UsageError(str(exc)) from exc
+    if exc.reported:
+        sys.exit(exc.exit_code)
+    err = click.ClickException(str(exc))
+    err.exit_code = exc.exit_code
+    raise err from exc
 
 
 def announce(exc: BicycleError) -> None:
