@@ -4,10 +4,9 @@ a checkpoint) and resume compatibility. Every problem is a :class:`~bicycle.erro
 the flag, value or path."""
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 from collections.abc import Callable
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +15,8 @@ import torch
 
 from bicycle.build import build_networks, resolve
 from bicycle.config import RESUMABLE_KEYS, RunConfig, replace
-from bicycle.errors import ConfigError, DataError, StorageError
+from bicycle.errors import BicycleError, ConfigError, DataError, StorageError
+from bicycle.io import resolve_checkpoint_path
 from bicycle.registry import Registry
 from bicycle.outputs import check_output_file, check_output_folder, check_writable
 from bicycle.runlock import check_not_busy
@@ -24,8 +24,8 @@ from bicycle.runlock import check_not_busy
 if TYPE_CHECKING:
     from bicycle.train.distributed import World
 
-# Room asked for beyond the estimated checkpoint size (samples, logs, the file system's own slack).
-SPACE_MARGIN_BYTES = 16 << 20
+# Room asked for beyond the next checkpoint (sample grids, the log, the file system's own slack).
+SPACE_MARGIN_BYTES = 2 << 20
 
 
 def resume_config(stored: RunConfig, requested: RunConfig | None, changed: set[str]) -> RunConfig:
@@ -54,15 +54,32 @@ def checkpoint_bytes(cfg: RunConfig, registry: Registry) -> int:
     return sum(3 * 4 * p.numel() for _, m in nets.items() for p in m.parameters())
 
 
-def check_room(where: Path, cfg: RunConfig, registry: Registry, flag: str) -> None:
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f}".removesuffix(".0")
+
+
+def next_checkpoint_bytes(cfg: RunConfig, registry: Registry, run_dir: Path, resume: bool) -> tuple[int, str] | None:
+    """The size of the run's next checkpoint and where it comes from: a resumed run's newest checkpoint file,
+    else the estimate of :func:`checkpoint_bytes`; None when neither is known (a plugin network that cannot
+    be built on "meta")."""
+    if resume:
+        with contextlib.suppress(BicycleError, OSError):
+            return resolve_checkpoint_path(run_dir).stat().st_size, "as large as its newest"
     try:
-        need = checkpoint_bytes(cfg, registry) + SPACE_MARGIN_BYTES
+        return checkpoint_bytes(cfg, registry), "estimated"
     except Exception:  # noqa: BLE001 - a plugin network that cannot be built on "meta": skip the estimate
+        return None
+
+
+def check_room(where: Path, cfg: RunConfig, registry: Registry, flag: str, run_dir: Path | None = None,
+               resume: bool = False) -> None:
+    size = next_checkpoint_bytes(cfg, registry, run_dir or where, resume)
+    if size is None:
         return
     free = shutil.disk_usage(where).free
-    if free < need:
-        raise StorageError(f"{flag} {where}: {free / 2**20:.0f} MiB free, a checkpoint of this run needs about "
-                           f"{need / 2**20:.0f} MiB")
+    if free < size[0] + SPACE_MARGIN_BYTES:
+        raise StorageError(f"{flag} {where}: {_mib(free)} MiB free; a checkpoint of this run needs {_mib(size[0])} MiB "
+                           f"({size[1]}) and samples and logs {_mib(SPACE_MARGIN_BYTES)} MiB more")
 
 
 def check_train(cfg: RunConfig, registry: Registry, run_dir: Path, *, resume: bool) -> RunConfig:
@@ -75,7 +92,7 @@ def check_train(cfg: RunConfig, registry: Registry, run_dir: Path, *, resume: bo
                           f"or choose another --run-dir")
     flag = "--resume" if resume else "--run-dir"
     where = check_writable(run_dir, flag)
-    check_room(where, cfg, registry, flag)
+    check_room(where, cfg, registry, flag, run_dir, resume)
     return cfg
 
 

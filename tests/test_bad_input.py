@@ -373,3 +373,18 @@ def test_bench_json_in_an_unwritable_folder_is_one_line(tmp_path, monkeypatch):
             str(folder / "b.json"))
     finally:
         folder.chmod(0o700)
+
+
+def test_resume_room_is_estimated_from_the_real_checkpoint(run, monkeypatch):
+    import shutil
+    from bicycle import io
+    size = io.resolve_checkpoint_path(run).stat().st_size
+    free = {"n": size + (3 << 20)}
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, free["n"]))
+    from bicycle.preflight import _mib, check_train
+    from bicycle.plugins import get_plugins
+    ckpt = io.load_checkpoint(run)
+    check_train(ckpt.config, get_plugins().registry, run, resume=True)  # room for one more checkpoint: accepted
+    free["n"] = size // 2
+    with pytest.raises(StorageError, match=rf"MiB free; a checkpoint of this run needs {_mib(size)} MiB"):
+        check_train(ckpt.config, get_plugins().registry, run, resume=True)
