@@ -91,3 +91,8 @@ class RunDirBusy(BicycleError):
     per run dir. Readers (``sample``, ``eval``, ``export``, ``bicycle.load``) never need the lock."""
 
     exit_code = 11
+
+
+class InputTypeError(DataError, TypeError):
+    """The Python API was given an input of a type it does not take (an int where an image goes); also a
+    TypeError, as it was before it joined this hierarchy."""

@@ -102,13 +102,12 @@ def check_inference(device: str, seed: int, out_dir: Path | None = None, json_pa
     """``bicycle sample`` / ``bicycle eval``: the device, the seed, --z-source and --temperature, the reference
     images and the output paths, before loading anything."""
     from bicycle.build import pick_device
-    from bicycle.config import MAX_SEED
+    from bicycle.arguments import check_seed
     from bicycle.posterior import check_z_source
 
     check_z_source(z_source, temperature)
     pick_device(device)
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"--seed must be within [0, {MAX_SEED}], got {seed}")
+    check_seed(seed, "--seed")
     for ref in references:
         if not ref.is_file():
             raise DataError(f"--reference {ref} does not exist")
