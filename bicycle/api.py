@@ -7,6 +7,10 @@ float tensor [C, S, S] already in the model's range [-1, 1] at the model's size 
 batch [N, C, S, S] counts as N inputs). Paths, images and arrays are converted to the model's
 channels as ``bicycle sample --input`` converts files (RGB -> 1 channel by ITU-R 601 luma, grey -> 3 by
 repetition, alpha dropped), resized to the model's size (bicubic) and scaled to [-1, 1] (u8 / 127.5 - 1).
+
+Bad input is one :class:`~bicycle.errors.BicycleError` line: NaN/inf or out-of-range tensors (beyond
+[-1, 1] by more than :data:`RANGE_TOLERANCE`) and codes, empty images, arrays and batches (:class:`DataError`),
+seeds and counts that break the CLI's rule (:mod:`bicycle.arguments`; :class:`ConfigError`).
 """
 from __future__ import annotations
 

@@ -197,10 +197,11 @@ def _checkpoint_folder(p: Path) -> Path:
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A file, or a run dir / its checkpoints/ folder (then its newest checkpoint file, unread)."""
+    """A file, or a run dir / its checkpoints/ folder (then its newest checkpoint file, unread: :func:`load_checkpoint`
+    is what skips a damaged one)."""
     p = Path(path)
     if p.is_dir():
-        names = _candidates(_checkpoint_folder(p))
+        names = [f for f in _candidates(_checkpoint_folder(p)) if f.is_file()]
         if not names:
             raise CheckpointError(f"no checkpoint in {p}: {_checkpoint_folder(p) / LATEST} does not exist")
         p = names[0]

@@ -41,6 +41,10 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def check_not_busy(run_dir: Path) -> None:
     """Refuse a run dir whose lock another process holds (checked again, for good, by :func:`run_dir_writer`)."""
+    from bicycle.train.distributed import world_from_env
+
+    if not world_from_env().main:  # under torchrun rank 0 alone holds the lock, and may hold it already
+        return
     path = run_dir / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDONLY)
