@@ -123,6 +123,7 @@ class Checkpoint:
     step: int
     tensors: dict[str, Tensor]
     metadata: dict[str, str]
+    size: int = 0  # bytes of the file when it was read (it may be pruned since)
 
     @property
     def weights_only(self) -> bool:
@@ -329,7 +330,7 @@ def _read_checkpoint(p: Path) -> Checkpoint:
         step = int(meta.get("step", 0))
     except ValueError:
         raise CheckpointError(f"checkpoint {p} has an unreadable step {meta.get('step')!r} in its metadata") from None
-    return Checkpoint(p, config, step, tensors, meta)
+    return Checkpoint(p, config, step, tensors, meta, size)
 
 
 def _names(keys: list[str], limit: int = 6) -> str:
