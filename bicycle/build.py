@@ -63,6 +63,18 @@ def dataset_spec(cfg: RunConfig, registry: Registry) -> DatasetSpec:
     return spec
 
 
+BUILTIN_DATASETS = "bicycle.builtin.datasets"  # the plugin of the built-in datasets
+
+
+def check_direction(cfg: RunConfig, registry: Registry) -> None:
+    """``data.direction`` BtoA swaps the halves of a folder's images; the built-in generated datasets make
+    A->B pairs only, so it is refused there rather than recorded and ignored."""
+    name, path = dataset_name(cfg)
+    if cfg.data.direction != "AtoB" and path is None and registry.plugin_of("dataset", name) == BUILTIN_DATASETS:
+        raise ConfigError(f"--direction {cfg.data.direction} swaps the halves of a folder dataset's images; the "
+                          f"built-in dataset {name!r} is generated A->B only (leave --direction out, or give --data PATH)")
+
+
 def build_dataset(cfg: RunConfig, registry: Registry, split: str, channels: tuple[int, int] | None = None):
     name, _ = dataset_name(cfg)
     spec = dataset_spec(cfg, registry)
@@ -102,6 +114,7 @@ def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -
                           f"{backbone.name!r} offers none (use --inject all, or a backbone among "
                           f"{', '.join(offered) or 'none'})")
     dataset_spec(cfg, registry)
+    check_direction(cfg, registry)
     problem = backbone.check_size(cfg.net.image_size)
     if problem:
         raise ConfigError(problem)

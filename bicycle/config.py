@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from bicycle.arguments import MAX_SEED, check_seed
 from bicycle.errors import ConfigError
 
 MODELS = ("bicycle", "pix2pix", "cae-gan", "cvae-gan", "clr-gan")
@@ -27,7 +28,7 @@ BAD_IMAGES = ("error", "skip")
 IMPLS = ("auto", "triton", "cpp", "ref")
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 4096  # 8x the largest size the original ran (512 px); larger cannot fit a U-Net step in memory
-MAX_SEED = 2**31 - 1  # the data streams derive per-epoch seeds from it
+MAX_STEPS = 10**9  # ~30 years at 1 s/step: more is a typo
 
 
 def key(default: Any, help: str | None = None, *, flag: str | None = None, choices: tuple[str, ...] | None = None,
@@ -383,8 +384,21 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, value in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be within [0, 1), got {value}")
-    if not 0 <= t.seed <= MAX_SEED:
-        raise ConfigError(f"train.seed must be within [0, {MAX_SEED}], got {t.seed}")
+    check_seed(t.seed, "train.seed")
+    check_limits(cfg)
     if n.image_size > MAX_IMAGE_SIZE:
         raise ConfigError(f"image size {n.image_size} is too large: bicycle supports up to {MAX_IMAGE_SIZE} px")
     return cfg
+
+
+def check_limits(cfg: RunConfig) -> None:
+    """Values that are valid numbers but cannot be meant: a run beyond :data:`MAX_STEPS`, and a PatchGAN deeper
+    than the image allows (each stride-2 layer halves it; the patch map must stay at least 2x2)."""
+    n, t = cfg.net, cfg.train
+    if t.steps > MAX_STEPS:
+        raise ConfigError(f"train.steps {t.steps} is beyond {MAX_STEPS:.0e} steps (decades of training); give a "
+                          f"realistic --steps")
+    deepest = max(0, (n.image_size // 4).bit_length() - 1)
+    if n.d_layers > deepest:
+        raise ConfigError(f"net.d_layers {n.d_layers} is too deep for {n.image_size} px: a PatchGAN there takes at "
+                          f"most {deepest} stride-2 layers (give --d-layers {deepest} or less)")

@@ -84,3 +84,15 @@ class PeerLost(BicycleError):
     (torchrun then restarts the workers, with ``--max-restarts``, or ends the job)."""
 
     exit_code = 10
+
+
+class RunDirBusy(BicycleError):
+    """A run dir that another process is writing (``bicycle train`` or ``--resume`` holds its lock): one writer
+    per run dir. Readers (``sample``, ``eval``, ``export``, ``bicycle.load``) never need the lock."""
+
+    exit_code = 11
+
+
+class InputTypeError(DataError, TypeError):
+    """The Python API was given an input of a type it does not take (an int where an image goes); also a
+    TypeError, as it was before it joined this hierarchy."""

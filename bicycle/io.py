@@ -4,7 +4,8 @@ Layout of a checkpoint file's tensors:
   ``G.<name>``, ``E.<name>``, ``D.<name>``, ``D2.<name>``   network state dicts
   ``opt.<net>.<i>.<key>``                                  Adam state of parameter i (exp_avg, ...)
   ``rng.torch`` (+ ``rng.cuda``)                            RNG states (uint8)
-Metadata (strings): format, config (JSON), step, data position, optimizer param groups (JSON).
+Metadata (strings): format, config (JSON), step, data position, optimizer param groups (JSON), and
+``digests``: the SHA-256 of each tensor's bytes (JSON, :mod:`bicycle.digests`), checked at every load.
 
 Inference weights (``bicycle export``, format ``bicycle-weights/1``) hold ``G.*`` and ``E.*`` only, in
 float32, float16 or bfloat16, with the config, the step and the checkpoint they came from.
@@ -16,6 +17,7 @@ import functools
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from bicycle.config import RunConfig
+from bicycle.digests import DIGESTS_KEY, tensor_digests, verify_digests
 from bicycle.errors import CheckpointError, ConfigError, NonFiniteError, StorageError
 from bicycle.nets import Nets
 
@@ -109,6 +112,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    metadata = {**metadata, DIGESTS_KEY: json.dumps(tensor_digests(tensors), sort_keys=True)}
     _atomic_replace(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -119,6 +123,7 @@ class Checkpoint:
     step: int
     tensors: dict[str, Tensor]
     metadata: dict[str, str]
+    size: int = 0  # bytes of the file when it was read (it may be pruned since)
 
     @property
     def weights_only(self) -> bool:
@@ -176,61 +181,156 @@ def save_weights(path: Path, config: RunConfig, nets: Nets, step: int, dtype: to
                if k.split(".", 1)[0] in ("G", "E")}
     tensors.update(extra or {})
     bad = nonfinite_tensors(tensors)
+    source_bad = nonfinite_tensors({k: v for k, v in _state_tensors(nets).items() if k in tensors} | (extra or {}))
+    if source_bad:
+        raise NonFiniteError(f"refusing to write {path}: {_names(source_bad)} hold NaN or inf")
     if bad:
-        raise NonFiniteError(f"refusing to write {path}: {_names(bad)} do not fit in {str(dtype).removeprefix('torch.')} "
-                             f"(or were not finite); export in float32")
+        raise NonFiniteError(f"refusing to write {path}: {_names(bad)} do not fit in {str(dtype).removeprefix('torch.')}; "
+                             f"export in float32")
     meta = {"format": WEIGHTS_FORMAT, "config": config.to_json(), "step": str(step),
             "dtype": str(dtype).removeprefix("torch."), "source": source}
     _atomic_save_tensors(path, tensors, meta)
     return path
 
 
+def _checkpoint_folder(p: Path) -> Path:
+    return p / "checkpoints" if (p / "checkpoints").is_dir() else p
+
+
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A file, or a run dir / its checkpoints/ folder (then the latest checkpoint)."""
+    """A file, or a run dir / its checkpoints/ folder (then its newest checkpoint file, unread: :func:`load_checkpoint`
+    is what skips a damaged one)."""
     p = Path(path)
     if p.is_dir():
-        folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-        latest = folder / LATEST
-        # every step_*.safetensors is complete (written atomically); `latest` may lag one behind after a
-        # crash between the rename and its own update, so the newest file wins
-        files = sorted(folder.glob("step_*.safetensors"))
-        if files:
-            p = files[-1]
-        elif latest.is_file():
-            p = folder / latest.read_text().strip()
-        else:
-            raise CheckpointError(f"no checkpoint in {p}: {latest} does not exist")
+        names = [f for f in _candidates(_checkpoint_folder(p)) if f.is_file()]
+        if not names:
+            raise CheckpointError(f"no checkpoint in {p}: {_checkpoint_folder(p) / LATEST} does not exist")
+        p = names[0]
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
     return p
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    p = resolve_checkpoint_path(path)
+def _candidates(folder: Path) -> list[Path]:
+    """The checkpoints of ``folder``, newest first: every ``step_*.safetensors`` (each complete, written
+    atomically; ``latest`` may lag one behind after a crash between the rename and its own update, so the
+    newest file wins), and the one ``latest`` names even when it is missing (it is then skipped with the
+    others that cannot be read)."""
+    files = {f.name: f for f in folder.glob("step_*.safetensors")}
+    latest = folder / LATEST
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        named = latest.read_text().strip()
+        if named and "/" not in named and named not in files:
+            files[named] = folder / named
+    return [files[k] for k in sorted(files, reverse=True)]
+
+
+class _Vanished(Exception):
+    """The checkpoint file disappeared between the listing and the read (pruned by a training run)."""
+
+
+_WARNED: set[str] = set()
+
+
+def _warn(line: str) -> None:
+    """To stderr, once per process (``--resume`` reads the run's checkpoint twice: for its config, then under the lock)."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def load_checkpoint(path: str | Path, warn: Callable[[str], None] = _warn) -> Checkpoint:
+    """A checkpoint file, or a run dir / its checkpoints/ folder: then its newest intact checkpoint. A file that
+    is missing, truncated or changed since it was written (a tensor whose digest differs) is refused when named,
+    and skipped with one ``warning:`` line through ``warn`` when it is the newest of a run dir (``latest``
+    included). A checkpoint pruned by a training run between the listing and the read is looked up again
+    once. Non-finite weights are always refused (:class:`NonFiniteError`)."""
+    p = Path(path)
+    if not p.is_dir():
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {p} does not exist")
+        try:
+            return _read_checkpoint(p)
+        except _Vanished:
+            raise CheckpointError(f"checkpoint {p} does not exist") from None
+    folder = _checkpoint_folder(p)
+    for attempt in (0, 1):
+        names = _candidates(folder)
+        if not names:
+            raise CheckpointError(f"no checkpoint in {p}: {folder / LATEST} does not exist")
+        skipped: list[tuple[Path, CheckpointError]] = []
+        for f in names:
+            try:
+                ckpt = _read_checkpoint(f)
+            except _Vanished:
+                if attempt == 0:  # pruned under us, or `latest` names a missing file: list again, once
+                    break
+                skipped.append((f, CheckpointError(f"{f} is missing")))
+                continue
+            except NonFiniteError as exc:
+                if not getattr(exc, "damaged", False):
+                    raise
+                skipped.append((f, exc))
+                continue
+            except CheckpointError as exc:
+                skipped.append((f, exc))
+                continue
+            if skipped:
+                why = "; ".join(_short(e) for _, e in skipped)
+                warn(f"warning: {why}: using {f} (step {ckpt.step}), the newest intact checkpoint of {p}")
+            return ckpt
+        else:
+            raise skipped[0][1]
+    raise CheckpointError(f"no checkpoint in {p} could be read: they were replaced while reading (is a run pruning it?)")
+
+
+def _short(exc: CheckpointError) -> str:
+    return str(exc).split("; ")[0]
+
+
+def _read_checkpoint(p: Path) -> Checkpoint:
     try:
-        tensors = load_file(str(p))
         with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             header_len = int.from_bytes(f.read(8), "little")
+            if header_len > size - 8:
+                raise CheckpointError(f"checkpoint {p} is truncated ({size} bytes, its header alone claims "
+                                      f"{header_len})")
             header = json.loads(f.read(header_len))
-    except (SafetensorError, OSError, ValueError) as exc:
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        if 8 + header_len + max(ends, default=0) > size:
+            raise CheckpointError(f"checkpoint {p} is truncated ({size} bytes of "
+                                  f"{8 + header_len + max(ends, default=0)})")
+        tensors = load_file(str(p))
+    except FileNotFoundError:
+        raise _Vanished(p) from None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise CheckpointError(f"cannot read checkpoint {p}: {exc}") from exc
     meta = header.get("__metadata__", {}) or {}
     if meta.get("format") not in (FORMAT, WEIGHTS_FORMAT):
         raise CheckpointError(f"{p} is not a bicycle checkpoint (format {meta.get('format')!r}, expected {FORMAT!r} "
                               f"or {WEIGHTS_FORMAT!r})")
-    try:
-        config = RunConfig.from_dict(json.loads(meta["config"]))
-    except (KeyError, ValueError, ConfigError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {p} has an unreadable config: {exc}") from exc
+    changed = verify_digests(tensors, meta.get(DIGESTS_KEY))
     bad = nonfinite_tensors(tensors)
+    if bad and changed:  # damage that made NaN/inf (a flipped exponent bit): a changed file like any other
+        exc = NonFiniteError(f"checkpoint {p} changed after it was written: {changed}; it holds non-finite values "
+                             f"(NaN or inf) in {_names(bad)}")
+        exc.damaged = True
+        raise exc
+    if changed:
+        raise CheckpointError(f"checkpoint {p} changed after it was written: {changed}")
     if bad:
         raise NonFiniteError(f"checkpoint {p} holds non-finite values (NaN or inf) in {_names(bad)}: the run had "
                              f"diverged when it was written; use an earlier checkpoint")
     try:
+        config = RunConfig.from_dict(json.loads(meta["config"]))
+    except (KeyError, ValueError, ConfigError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {p} has an unreadable config: {exc}") from exc
+    try:
         step = int(meta.get("step", 0))
     except ValueError:
         raise CheckpointError(f"checkpoint {p} has an unreadable step {meta.get('step')!r} in its metadata") from None
-    return Checkpoint(p, config, step, tensors, meta)
+    return Checkpoint(p, config, step, tensors, meta, size)
 
 
 def _names(keys: list[str], limit: int = 6) -> str:

@@ -170,7 +170,8 @@ def test_exported_weights_load_and_translate_like_the_run(run, inputs, tmp_path,
 def test_exported_weights_cannot_resume_training(run, tmp_path):
     out = tmp_path / "weights"
     (out / "checkpoints").mkdir(parents=True)
-    assert invoke("export", run, "--out", out / "checkpoints" / "step_00000004.safetensors").exit_code == 0
+    assert invoke("export", run, "--out", tmp_path / "w.safetensors").exit_code == 0  # never into a run's checkpoints/
+    (tmp_path / "w.safetensors").rename(out / "checkpoints" / "step_00000004.safetensors")
     (out / "config.json").write_text((run / "config.json").read_text())
     r = CliRunner().invoke(main, ["train", "--resume", str(out), "--steps", "8"])
     assert r.exit_code == CheckpointError.exit_code and "inference weights" in r.output, r.output
@@ -243,3 +244,58 @@ def test_the_readme_example_runs(run, inputs, tmp_path, monkeypatch):
     code = readme_python_example().replace("runs/shoes", f"runs/{run.name}")
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "outputs" / "0.png").is_file()
+
+
+# -- bad input: one BicycleError line, never a raw torch exception or a silently wrong output --------------
+BAD_API_INPUT = {
+    "nan-codes": (lambda m, x: m.translate(x, z=torch.full((2, m.nz), float("nan"))), DataError, "z holds NaN or inf"),
+    "inf-code": (lambda m, x: m.interpolate(x, torch.full((m.nz,), float("inf")), torch.zeros(m.nz)), DataError,
+                 "NaN or inf"),
+    "codes-not-numbers": (lambda m, x: m.translate(x, z="abc"), DataError, "z must be numbers"),
+    "no-codes": (lambda m, x: m.translate(x, z=torch.zeros(0, m.nz)), DataError, "z holds no codes"),
+    "tensor-out-of-range": (lambda m, x: m.translate(torch.rand(1, m.config.net.in_channels, 32, 32) * 10 - 5), DataError, "in [-1, 1]"),
+    "empty-batch": (lambda m, x: m.translate(torch.zeros(0, 3, 32, 32)), DataError, "an empty batch"),
+    "empty-array": (lambda m, x: m.translate(np.zeros((0, 0), np.uint8)), DataError, "empty (0x0 px)"),
+    "empty-image": (lambda m, x: m.translate(Image.new("RGB", (0, 0))), DataError, "empty (0x0 px)"),
+    "seed-string": (lambda m, x: m.translate(x, seed="abc"), ConfigError, "seed must be an integer"),
+    "seed-float": (lambda m, x: m.translate(x, seed=1.7), ConfigError, "seed must be an integer"),
+    "seed-bool": (lambda m, x: m.translate(x, seed=True), ConfigError, "seed must be an integer"),
+    "seed-huge": (lambda m, x: m.translate(x, seed=2**70), ConfigError, "seed must be within [0, 2147483647]"),
+    "seed-negative": (lambda m, x: m.translate(x, seed=-1), ConfigError, "seed must be within [0, 2147483647]"),
+    "n-float": (lambda m, x: m.translate(x, n=1.5), ConfigError, "n must be an integer"),
+    "n-negative": (lambda m, x: m.translate(x, n=-2), ConfigError, "n must be at least 1"),
+    "random-z-n": (lambda m, x: m.random_z(1, 0), ConfigError, "n must be at least 1"),
+    "frames-float": (lambda m, x: m.interpolate(x, torch.zeros(m.nz), torch.ones(m.nz), frames=2.5), ConfigError,
+                     "frames must be an integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_API_INPUT))
+def test_bad_api_input_is_one_bicycle_error_line(run, inputs, case):
+    from bicycle.errors import BicycleError
+    call, error, words = BAD_API_INPUT[case]
+    model = bicycle.load(run, device="cpu")
+    with pytest.raises(error, match=re.escape(words)) as info:
+        call(model, inputs[0])
+    assert isinstance(info.value, BicycleError) and "\n" not in str(info.value)
+
+
+def test_a_tensor_a_rounding_error_outside_the_range_is_accepted(run):
+    model = bicycle.load(run, device="cpu")
+    c = model.config.net.in_channels
+    assert model.translate(torch.full((c, 32, 32), 1.0005), n=1, seed=0, tensors=True).shape[0] == 1
+
+
+@pytest.mark.parametrize("seed", [0, 3, 2**31 - 1, -1, 2**31])
+def test_the_cli_and_the_api_accept_the_same_seeds(run, inputs, tmp_path, seed):
+    model = bicycle.load(run, device="cpu")
+    r = invoke("sample", "--checkpoint", str(run), "--input", str(inputs[0]), "--samples", "1",
+               "--out", str(tmp_path / "o"), "--seed", str(seed), "--device", "cpu")
+    try:
+        model.translate(inputs[0], n=1, seed=seed)
+        api_ok = True
+    except ConfigError:
+        api_ok = False
+    assert (r.exit_code == 0) == api_ok, r.output
+    if api_ok:  # numpy integers are seeds too, the same codes as the Python int
+        torch.testing.assert_close(model.random_z(1, 2, np.int64(seed)), model.random_z(1, 2, seed), rtol=0, atol=0)

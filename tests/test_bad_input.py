@@ -58,6 +58,10 @@ FLAGS = [
     (["--lambda-z", "nan"], "loss.z must be a finite number"),
     (["--kl-warmup", "2"], "loss.kl_warmup must be within"),
     (["--device", "foo"], "unknown device 'foo'"),
+    (["--d-layers", "4"], "net.d_layers 4 is too deep for 32 px: a PatchGAN there takes at most 3"),
+    (["--steps", str(10**10)], "train.steps 10000000000 is beyond 1e+09 steps"),
+    (["--steps", str(2**70)], f"train.steps {2**70} is beyond"),
+    (["--direction", "BtoA"], "built-in dataset 'shapes' is generated A->B only"),
     (["--device", "cuda:x"], "unknown device 'cuda:x'"),
     (["--seed", "-1"], "train.seed must be within"),
     (["--seed", str(2**40)], "train.seed must be within"),
@@ -286,3 +290,105 @@ def test_training_writes_a_plain_text_log_of_the_console(run):
 
 def test_config_json_records_are_parseable(run):  # the run dir's own files stay well-formed
     assert json.loads((run / "config.json").read_text())["preset"] == "demo"
+
+
+# -- outputs never overwrite a run's own files; an existing output only with --force --------------------
+def _protected_targets(run: Path) -> dict[str, Path]:
+    ckpt = sorted((run / "checkpoints").glob("step_*.safetensors"))[-1]
+    return {"checkpoint": ckpt, "latest": run / "checkpoints" / "latest", "config": run / "config.json",
+            "in-checkpoints": run / "checkpoints" / "new.safetensors"}
+
+
+def _output_args(command: str, run: Path, target: Path) -> list[str]:
+    return {"export": ["export", str(run), "--out", str(target)],
+            "export-onnx": ["export", str(run), "--onnx", str(target)],
+            "eval": ["eval", "--checkpoint", str(run), "--inputs", "2", "--samples", "2", "--json", str(target)],
+            "bench": ["bench", "--device", "cpu", "--quick", "--size", "64", "--json", str(target)]}[command]
+
+
+@pytest.mark.parametrize("command", ["export", "export-onnx", "eval", "bench"])
+@pytest.mark.parametrize("target", ["checkpoint", "latest", "config", "in-checkpoints"])
+def test_an_output_over_a_runs_own_files_is_refused_even_with_force(run, command, target):
+    path = _protected_targets(run)[target]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for force in ([], ["--force"]):
+        r = invoke(*_output_args(command, run, path), *force)
+        _ok(r, USAGE, str(path))
+        assert "run dir" in r.output, r.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("out", ["checkpoints", "run", "inside"])
+def test_sample_out_in_a_run_dir_or_its_checkpoints_is_refused(run, out):
+    path = {"checkpoints": run / "checkpoints", "run": run, "inside": run / "checkpoints" / "grids"}[out]
+    before = sorted(p for p in run.rglob("*"))
+    _ok(invoke("sample", "--checkpoint", str(run), "--out", str(path), "--samples", "2", "--inputs", "1"), USAGE,
+        str(path), "run dir")
+    assert sorted(p for p in run.rglob("*")) == before
+
+
+def test_convert_original_out_inside_a_runs_checkpoints_is_refused(run, tmp_path):
+    out = run / "checkpoints" / "converted"
+    _ok(invoke("convert-original", "--G", str(tmp_path / "G.pth"), "--out", str(out)), USAGE, str(out), "run dir")
+    assert not out.exists()
+
+
+def test_a_training_checkpoint_outside_a_run_dir_is_never_overwritten(run, tmp_path):
+    copy = tmp_path / "kept.safetensors"
+    copy.write_bytes(sorted((run / "checkpoints").glob("step_*.safetensors"))[-1].read_bytes())
+    before = copy.read_bytes()
+    _ok(invoke("export", str(run), "--out", str(copy), "--force"), USAGE, str(copy), "training checkpoint")
+    assert copy.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["export", "eval", "bench"])
+def test_an_existing_output_file_needs_force(run, tmp_path, command):
+    path = tmp_path / "out.file"
+    path.write_bytes(b"mine")
+    _ok(invoke(*_output_args(command, run, path)), USAGE, str(path), "--force")
+    assert path.read_bytes() == b"mine"
+    r = invoke(*_output_args(command, run, path), "--force")
+    assert r.exit_code == 0, r.output
+    assert path.read_bytes() != b"mine"
+
+
+def test_sample_into_earlier_outputs_needs_force(run, tmp_path):
+    out = tmp_path / "o"
+    args = ["sample", "--checkpoint", str(run), "--out", str(out), "--samples", "2", "--inputs", "1"]
+    assert invoke(*args).exit_code == 0
+    grid = (out / "grid.png").read_bytes()
+    _ok(invoke(*args, "--seed", "5"), USAGE, str(out), "--force")
+    assert (out / "grid.png").read_bytes() == grid
+    r = invoke(*args, "--seed", "5", "--force")
+    assert r.exit_code == 0, r.output
+    assert (out / "grid.png").read_bytes() != grid and not list(out.glob(".*"))
+
+
+def test_bench_json_in_an_unwritable_folder_is_one_line(tmp_path, monkeypatch):
+    from fault_helpers import chmod_binds, deny_writes_in
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if chmod_binds(tmp_path):
+        folder.chmod(0o500)
+    else:
+        deny_writes_in(monkeypatch, folder)
+    try:
+        _ok(invoke("bench", "--device", "cpu", "--quick", "--size", "64", "--json", str(folder / "b.json")), STORAGE,
+            str(folder / "b.json"))
+    finally:
+        folder.chmod(0o700)
+
+
+def test_resume_room_is_estimated_from_the_real_checkpoint(run, monkeypatch):
+    import shutil
+    from bicycle import io
+    size = io.resolve_checkpoint_path(run).stat().st_size
+    free = {"n": size + (3 << 20)}
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, free["n"]))
+    from bicycle.commands.preflight import _mib, check_train
+    from bicycle.plugins import get_plugins
+    ckpt = io.load_checkpoint(run)
+    check_train(ckpt.config, get_plugins().registry, run, resume=True)  # room for one more checkpoint: accepted
+    free["n"] = size // 2
+    with pytest.raises(StorageError, match=rf"MiB free; a checkpoint of this run needs {_mib(size)} MiB"):
+        check_train(ckpt.config, get_plugins().registry, run, resume=True)

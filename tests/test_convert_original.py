@@ -334,3 +334,28 @@ def test_a_one_channel_model_reads_rgb_pairs_as_the_original_does(tmp_path):
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(root), "--inputs", "2",
                                   "--samples", "2"])
     assert r.exit_code == 0, r.output
+
+
+def test_a_non_finite_weight_is_named_and_leaves_no_out(tmp_path):
+    key = "model.submodule.submodule.up.1.bias"
+    g = write_pth(fixture("g_unet_256_all_basic"), "G", tmp_path / "G.pth", lambda sd: sd[key].view(-1).__setitem__(0, float("nan")))
+    line = assert_one_line_error(convert(tmp_path, g), 4, str(g), key, "NaN or inf")
+    assert "float32" not in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_write_leaves_no_half_made_run_dir_and_the_retry_works(tmp_path, monkeypatch):
+    from bicycle import io
+    import errno
+    g = write_pth(fixture("g_unet_256_all_basic"), "G", tmp_path / "G.pth")
+    real = io.save_file
+
+    def full(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(io, "save_file", full)
+    assert_one_line_error(convert(tmp_path, g), 8, "No space left on device")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(io, "save_file", real)
+    r = convert(tmp_path, g)
+    assert r.exit_code == 0, r.output

@@ -533,3 +533,67 @@ def test_the_tensor_writers_own_temporary_is_removed_at_the_next_start(tmp_path)
     r, _ = _train(["train", "--resume", str(run), "--steps", "2"])
     assert r.exit_code == 0, r.output[-2000:]
     assert not leftover.exists(), "safetensors' temporary survived the next start"
+
+
+def test_a_start_that_fails_before_its_first_checkpoint_leaves_no_run_dir(tmp_path):
+    """ENOSPC at the first checkpoint of a new run dir: one storage line, and no empty run dir left behind."""
+    run = tmp_path / "runs" / "new"
+
+    def save_file(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, ENOSPC, filename)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(io, "save_file", save_file)
+        r, last = _train([*SHORT, "--steps", "1", "--sample-every", "1000", "--run-dir", str(run)])
+    _assert_one_storage_line(r, last)
+    assert not (tmp_path / "runs").exists(), sorted(str(p) for p in tmp_path.rglob("*"))
+
+
+# --- inference outputs: disk full, no room ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    r, _ = _train([*SHORT, "--steps", "1", "--sample-every", "1000", "--run-dir", str(run)])
+    assert r.exit_code == 0, r.output[-2000:]
+    return run
+
+
+def test_disk_full_during_sample_is_one_line_and_leaves_no_partial_outputs(tiny_run, tmp_path):
+    from PIL import Image
+    out = tmp_path / "out"
+    real_save = Image.Image.save
+    calls: list[object] = []
+
+    def save(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 3:
+            Path(fp).write_bytes(b"\0" * 100)  # the disk filled up half way through the third image
+            raise OSError(errno.ENOSPC, ENOSPC)
+        return real_save(self, fp, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Image.Image, "save", save)
+        r, last = _train(["sample", "--checkpoint", str(tiny_run), "--out", str(out), "--samples", "3", "--inputs", "2",
+                          "--device", "cpu"])
+    _assert_one_storage_line(r, last)
+    assert f"cannot write {out}: {ENOSPC}" in last, last
+    assert len(calls) == 3 and not out.exists(), sorted(str(p) for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "bench"])
+def test_no_room_for_an_output_is_refused_before_any_work(tiny_run, tmp_path, monkeypatch, command):
+    import collections
+    from bicycle import outputs
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda _p: usage(1 << 30, (1 << 30) - 4096, 4096))
+    target = tmp_path / ("out" if command == "sample" else "r.json")
+    args = {"sample": ["sample", "--checkpoint", str(tiny_run), "--out", str(target), "--samples", "2", "--inputs", "1",
+                       "--device", "cpu"],
+            "eval": ["eval", "--checkpoint", str(tiny_run), "--inputs", "2", "--samples", "2", "--json", str(target),
+                     "--device", "cpu"],
+            "bench": ["bench", "--device", "cpu", "--quick", "--size", "64", "--json", str(target)]}[command]
+    r, last = _train(args)
+    _assert_one_storage_line(r, last)
+    assert str(target) in last and "MiB free" in last, last
+    assert not target.exists()

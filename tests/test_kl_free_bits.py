@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from bicycle.cli import main
 from bicycle.config import RunConfig, replace
 from bicycle.errors import ConfigError
-from bicycle.preflight import check_parallel
+from bicycle.commands.preflight import check_parallel
 from bicycle.train.distributed import World
 
 TINY = ["--image-size", "32", "--ngf", "8", "--nef", "8", "--ndf", "8", "--batch-size", "4", "--steps", "4",

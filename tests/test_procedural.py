@@ -13,7 +13,7 @@ from bicycle.data.base import oracle_of
 from bicycle.data.procedural import (LEVEL, MIN_DISTANCE, TRAIN_LENGTH, VAL_LENGTH, ProceduralDataset, draw_task,
                                      parse_task)
 from bicycle.errors import ConfigError
-from bicycle.metrics import ideal_distinct_modes
+from bicycle.inference.metrics import ideal_distinct_modes
 
 SIZE, COUNT = 64, 40
 

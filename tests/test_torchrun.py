@@ -48,7 +48,7 @@ def whole(tmp_path_factory) -> Path:
 def test_two_ranks_write_one_run_dir_with_every_ranks_noise_stream(whole):
     final = tensors(whole / "checkpoints" / f"step_{STEPS:08d}.safetensors")
     assert "rng.torch.rank1" in final and not torch.equal(final["rng.torch"], final["rng.torch.rank1"])
-    assert sorted(p.name for p in whole.iterdir()) == ["checkpoints", "config.json", "posterior.safetensors", "samples",
+    assert sorted(p.name for p in whole.iterdir()) == ["checkpoints", "config.json", "posterior.safetensors", "run.lock", "samples",
                                                            "summary.json", "train.log"]
 
 

@@ -148,11 +148,11 @@ def machine_meta(device: str) -> dict:
 
 def write_json(path: str | Path, data: object) -> None:
     """Write ``data`` as JSON atomically (a temporary file renamed over ``path``)."""
+    from bicycle.io import atomic_write_bytes, writing
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    with writing(path):
+        atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
 def profile_kernels(run_iter: Callable[[], object], iters: int) -> tuple[float | None, float | None]:

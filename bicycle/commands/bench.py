@@ -1,8 +1,14 @@
 """``bicycle bench``: the click command over the benchmarks of this package."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import torch
+
+from bicycle.errors import BicycleError
+from bicycle.outputs import check_output_file
+from bicycle.commands.reporting import report, reporting
 
 
 @click.command("bench")
@@ -17,8 +23,9 @@ import torch
               help="--step on CUDA: fast-mode precisions (default fp32 and bf16).")
 @click.option("--graph-ops", is_flag=True, help="Fused ops at the paper's shapes: us/call eager and under graph replay (CUDA).")
 @click.option("--prep", is_flag=True, help="prepare_batch cpp vs ref: CPU training steps/s at 64 px.")
+@click.option("--force", is_flag=True, help="replace an existing --json file")
 def bench(json_path: str | None, device: str, quick: bool, sizes: tuple[int, ...], step: bool,
-          batch_sizes: tuple[int, ...], precisions: tuple[str, ...], graph_ops: bool, prep: bool) -> None:
+          batch_sizes: tuple[int, ...], precisions: tuple[str, ...], graph_ops: bool, prep: bool, force: bool) -> None:
     """Benchmark the fused ops against the eager reference (median, p10/p90, GB/s, speed-up);
     with --step the whole training step, with --graph-ops the ops under graph replay, with --prep the
     batch preparation's effect on CPU training."""
@@ -32,6 +39,9 @@ def bench(json_path: str | None, device: str, quick: bool, sizes: tuple[int, ...
         raise click.UsageError("choose one of --step, --graph-ops, --prep")
     if any(n < 2 or n % 2 for n in batch_sizes):
         raise click.UsageError("--batch-size must be even and >= 2 (the step splits each batch in halves)")
+    if json_path:
+        with reporting():
+            check_output_file(Path(json_path), "--json", force)
     try:
         if step:
             from bicycle.bench.step import run_step_bench
@@ -59,5 +69,7 @@ def bench(json_path: str | None, device: str, quick: bool, sizes: tuple[int, ...
             click.echo(format_table(records))
     except OpUnavailableError as exc:
         raise click.UsageError(str(exc)) from exc
+    except BicycleError as exc:
+        report(exc)
     if json_path:
         click.echo(f"wrote {json_path}")

@@ -18,12 +18,13 @@ MIB = 2**20
               help="dtype of the weights in --out (loaded as float32)")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path),
               help="G(A, z) as ONNX (dynamic batch), E beside it as <name>.encoder.onnx; checked with onnxruntime")
+@click.option("--force", is_flag=True, help="replace an existing --out / --onnx file")
 @reports_errors
-def export(run: Path, out: Path | None, dtype: str, onnx_path: Path | None) -> None:
+def export(run: Path, out: Path | None, dtype: str, onnx_path: Path | None, force: bool) -> None:
     """Export a trained model (RUN: a run dir, a checkpoint or exported weights) for inference."""
-    from bicycle.preflight import check_export
+    from bicycle.commands.preflight import check_export
 
-    check_export(out, onnx_path, "cpu")
+    check_export(out, onnx_path, "cpu", force)
     if out is not None:
         from bicycle.export.weights import export_weights
         r = export_weights(run, out, dtype)

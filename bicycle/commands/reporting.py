@@ -5,7 +5,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import NoReturn, ParamSpec, TypeVar
 
 import click
 
@@ -21,17 +21,22 @@ def reporting() -> Iterator[None]:
     exit 130."""
     try:
         yield
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
     except KeyboardInterrupt:
         click.echo("interrupted (Ctrl-C): stopped at once; checkpoints already written are kept", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except BicycleError as exc:
-        if exc.reported:
-            sys.exit(exc.exit_code)
-        err = click.ClickException(str(exc))
-        err.exit_code = exc.exit_code
-        raise err from exc
+        report(exc)
+
+
+def report(exc: BicycleError) -> NoReturn:
+    """``exc`` as the CLI reports it: a ConfigError as a usage error, any other one line and its exit code."""
+    if isinstance(exc, ConfigError):
+        raise click.UsageError(str(exc)) from exc
+    if exc.reported:
+        sys.exit(exc.exit_code)
+    err = click.ClickException(str(exc))
+    err.exit_code = exc.exit_code
+    raise err from exc
 
 
 def reports_errors(fn: Callable[P, T]) -> Callable[P, T]:

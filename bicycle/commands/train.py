@@ -51,7 +51,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 def _train(ctx: click.Context, preset: str, run_dir: Path | None, resume_dir: Path | None, dry_run: bool,
            flags: dict[str, Any], settings: tuple[str, ...]) -> None:
     from bicycle.plugins import get_plugins
-    from bicycle.preflight import check_parallel, check_resume_steps, check_train, check_world
+    from bicycle.commands.preflight import check_parallel, check_resume_steps, check_train, check_world
     from bicycle.train.distributed import world_from_env
 
     world = world_from_env()
@@ -107,7 +107,7 @@ def _resumed_config(ctx: click.Context, preset: str, run_dir: Path | None, resum
                     requested: dict[str, Any]):
     """The stored config with the keys a resume may change; a different preset or run dir is an error."""
     from bicycle.config import replace, validate
-    from bicycle.preflight import resume_config
+    from bicycle.commands.preflight import resume_config
 
     if run_dir is not None and run_dir.absolute() != resume_dir.absolute():
         raise ConfigError(f"--resume {resume_dir} continues that run in place; --run-dir {run_dir} names another "

@@ -25,5 +25,5 @@ def export_weights(run: str | Path, out: Path, dtype: str = "fp32") -> dict:
         io.save_weights(out, ckpt.config, nets, ckpt.step, DTYPES[dtype], source=f"{ckpt.path.name} (step {ckpt.step})",
                         extra=extra)
     return {"path": str(out), "bytes": out.stat().st_size, "dtype": dtype, "step": ckpt.step,
-            "source": str(ckpt.path), "source_bytes": ckpt.path.stat().st_size,
+            "source": str(ckpt.path), "source_bytes": ckpt.size,
             "posterior_components": mixture.k if mixture is not None else None}

@@ -7,6 +7,10 @@ float tensor [C, S, S] already in the model's range [-1, 1] at the model's size 
 batch [N, C, S, S] counts as N inputs). Paths, images and arrays are converted to the model's
 channels as ``bicycle sample --input`` converts files (RGB -> 1 channel by ITU-R 601 luma, grey -> 3 by
 repetition, alpha dropped), resized to the model's size (bicubic) and scaled to [-1, 1] (u8 / 127.5 - 1).
+
+Bad input is one :class:`~bicycle.errors.BicycleError` line: NaN/inf or out-of-range tensors (beyond
+[-1, 1] by more than :data:`RANGE_TOLERANCE`) and codes, empty images, arrays and batches (:class:`DataError`),
+seeds and counts that break the CLI's rule (:mod:`bicycle.arguments`; :class:`ConfigError`).
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from torch import Tensor
 
 from bicycle.config import RunConfig
 from bicycle.data.images import convert_image, image_to_tensor, open_image
-from bicycle.errors import ConfigError, DataError
+from bicycle.arguments import check_count, check_seed
+from bicycle.errors import ConfigError, DataError, InputTypeError
 from bicycle.inference.loading import load_model
 from bicycle.inference.posterior import check_z_source
 from bicycle.inference.zsource import ZSource, z_source_for
@@ -30,6 +35,7 @@ from bicycle.nets import Nets
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, Tensor]
 BATCH = 32  # (input, code) pairs per generator call
+RANGE_TOLERANCE = 1e-3  # a tensor input may stray this far outside [-1, 1] (rounding), no further
 
 
 def load(path: str | Path, device: str = "auto") -> Model:
@@ -95,31 +101,44 @@ class Model:
         if isinstance(x, (str, Path)):
             return image_to_tensor(open_image(x, c), s, c)[None]
         if isinstance(x, Image.Image):
+            if 0 in x.size:
+                raise DataError(f"an image input is empty ({x.size[0]}x{x.size[1]} px)")
             return image_to_tensor(convert_image(x, c), s, c)[None]
         if isinstance(x, np.ndarray):
             if x.dtype != np.uint8 or x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] not in (1, 3, 4)):
                 raise DataError(f"an array input must be uint8 [H, W] or [H, W, 1|3|4], got {x.dtype} {list(x.shape)} "
                                 f"(floats in [0, 1]: pass (x * 255).round().astype(np.uint8))")
+            if x.shape[0] == 0 or x.shape[1] == 0:
+                raise DataError(f"an array input is empty ({x.shape[1]}x{x.shape[0]} px)")
             return image_to_tensor(Image.fromarray(x[:, :, 0] if x.ndim == 3 and x.shape[2] == 1 else x), s, c)[None]
         if isinstance(x, Tensor):
             t = x[None] if x.dim() == 3 else x
+            if t.numel() == 0:
+                raise DataError(f"a tensor input is empty: an empty batch or image {list(x.shape)}")
             if t.dim() != 4 or tuple(t.shape[1:]) != (c, s, s) or not t.is_floating_point():
                 raise DataError(f"a tensor input must be float [{c}, {s}, {s}] or [N, {c}, {s}, {s}] in [-1, 1] "
                                 f"(this model's channels and size), got {x.dtype} {list(x.shape)}")
+            t = t.detach().float().cpu()
             if not bool(torch.isfinite(t).all()):
                 raise DataError("a tensor input holds NaN or inf")
-            return t.detach().float().cpu()
-        raise TypeError(f"cannot translate a {type(x).__name__}: give a path, a PIL image, a uint8 array or a tensor")
+            lo, hi = float(t.min()), float(t.max())
+            if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+                raise DataError(f"a tensor input must be in [-1, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                                f"(images in [0, 1]: pass x * 2 - 1)")
+            return t
+        raise InputTypeError(f"cannot translate a {type(x).__name__}: give a path, a PIL image, a uint8 array or a tensor")
 
     def _codes(self, z: Tensor, n_inputs: int) -> Tensor:
         """z [nz], [K, nz] (shared by every input) or [N, K, nz] -> [N, K, nz] float32 on the CPU."""
-        z = torch.as_tensor(z).detach().float().cpu()
+        z = _as_codes(z)
         if z.dim() == 1:
             z = z[None]
         if z.dim() == 2:
             z = z[None].expand(n_inputs, -1, -1)
         if z.dim() != 3 or z.shape[0] != n_inputs or z.shape[2] != self.nz:
             raise DataError(f"z must be [{self.nz}], [K, {self.nz}] or [{n_inputs}, K, {self.nz}], got {list(z.shape)}")
+        if z.shape[1] == 0:
+            raise DataError(f"z holds no codes ({list(z.shape)})")
         return z
 
     def z_source(self, name: str = "auto", temperature: float = 1.0) -> ZSource:
@@ -142,7 +161,8 @@ class Model:
         :meth:`z_source` (with ``temperature``), or a :class:`ZSource`."""
         if not isinstance(z_source, ZSource):
             check_z_source(z_source, temperature)
-        seed = secrets.randbits(63) if seed is None else seed
+        n = check_count(n, "n")
+        seed = secrets.randbits(31) if seed is None else check_seed(seed)
         source = z_source if isinstance(z_source, ZSource) else self.z_source(z_source, temperature)
         return source.draw(n_inputs, n, self.nz, seed)
 
@@ -196,8 +216,6 @@ class Model:
         elif z is not None:
             codes = self._codes(z, len(a))
         else:
-            if n < 1:
-                raise ConfigError(f"n must be at least 1, got {n}")
             codes = self.random_z(len(a), n, seed, z_source=z_source, temperature=temperature)
         out = self.generate(a, codes)
         if tensors:
@@ -209,8 +227,7 @@ class Model:
                     tensors: bool = False) -> list:
         """``frames`` outputs for one input, z walking linearly from z0 to z1 (each a code [nz], or a
         reference image-like, encoded). Returns Pillow images, or [frames, C, S, S] with ``tensors``."""
-        if frames < 2:
-            raise ConfigError(f"frames must be at least 2, got {frames}")
+        frames = check_count(frames, "frames", minimum=2)
         if not _single(image):
             raise DataError("interpolate takes one input image")
         ends = [self._code(z) for z in (z0, z1)]
@@ -222,8 +239,19 @@ class Model:
         if isinstance(z, Tensor) and z.dim() == 1:
             if z.shape[0] != self.nz:
                 raise DataError(f"a code must be [{self.nz}], got {list(z.shape)}")
-            return z.detach().float().cpu()
+            return _as_codes(z)
         return self.encode(z)
+
+
+def _as_codes(z: object) -> Tensor:
+    """Codes given by the caller (a tensor, an array, nested lists of numbers) -> float32 on the CPU, finite."""
+    try:
+        t = torch.as_tensor(z).detach().float().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputTypeError(f"z must be numbers (a tensor or an array), got a {type(z).__name__}: {exc}") from None
+    if not bool(torch.isfinite(t).all()):
+        raise DataError("z holds NaN or inf")
+    return t
 
 
 def _single(x: object) -> bool:

@@ -244,9 +244,8 @@ def fit_posterior(run: str | Path, components: int = COMPONENTS, seed: int = 0, 
 
     if components < 1 or max_points < 1:
         raise ConfigError(f"--components and --points must be at least 1 (got {components}, {max_points})")
-    from bicycle.config import MAX_SEED
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"--seed must be within [0, {MAX_SEED}], got {seed}")
+    from bicycle.arguments import check_seed
+    check_seed(seed, "--seed")
     ckpt, nets, dev = load_model(run, device)
     if ckpt.weights_only:
         raise CheckpointError(f"{ckpt.path} holds exported weights, not a run: fit-posterior needs a run dir "

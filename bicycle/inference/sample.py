@@ -15,6 +15,7 @@ from bicycle.build import build_eval_dataset, check_channels
 from bicycle.data.base import Oracle, oracle_of
 from bicycle.inference.model import Model, load, to_pil
 from bicycle.nets import Nets
+from bicycle.outputs import check_room, staged_folder
 from bicycle.plugins import get_plugins
 
 
@@ -117,6 +118,13 @@ def write_animation(frames: torch.Tensor, stem: Path) -> None:
     grid_image([list(frames)]).save(stem.with_suffix(".png"))
 
 
+def output_bytes(n_inputs: int, samples: int, size: int, interpolate: int = 0) -> int:
+    """An upper bound on what ``bicycle sample`` writes (PNG and GIF of RGB pixels, uncompressed, with slack):
+    the grid, every output and the interpolations."""
+    pixels = n_inputs * (samples + 3) * (size + 2) ** 2 + n_inputs * samples * size**2 + 2 * n_inputs * interpolate * size**2
+    return int(3 * pixels * 1.1) + (1 << 20)
+
+
 def run_sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int,
                out: Path, seed: int, device: str, echo: Callable[[str], None] = print,
                references: Sequence[Path] = (), interpolate: int = 0, z_source: str = "auto",
@@ -136,20 +144,21 @@ def run_sample(checkpoint: str, input_path: Path | None, data: str | None, sampl
         z = model.random_z(len(a), samples, seed, z_source=source)
         echo(f"codes: {samples} random z per input from {source.describe()}, temperature {temperature:g}, seed {seed}")
     dev = model.device
+    check_room(out, output_bytes(len(names), z.shape[1], cfg.net.image_size, interpolate), "--out")
     image, outs = sample_grid(model.nets, a.to(dev), None if b is None else b.to(dev), z.to(dev))
-    out.mkdir(parents=True, exist_ok=True)
-    image.save(out / "grid.png")
     kind = "reference" if references else "sample"
-    for i, name in enumerate(names):
-        for k in range(outs.shape[1]):
-            save_image(outs[i, k], out / name / f"{kind}_{k:02d}.png")
-    echo(f"wrote {out / 'grid.png'} and {len(names) * outs.shape[1]} outputs under {out}/")
     result: dict = {"grid": str(out / "grid.png"), "inputs": len(names), "samples": int(outs.shape[1]),
                     "z_source": source.name if source else "reference", "temperature": temperature}
-    if interpolate:
+    with staged_folder(out) as stage:  # every output, or none (disk full, Ctrl-C)
+        image.save(stage / "grid.png")
         for i, name in enumerate(names):
+            for k in range(outs.shape[1]):
+                save_image(outs[i, k], stage / name / f"{kind}_{k:02d}.png")
+        for i, name in enumerate(names if interpolate else []):
             frames = model.interpolate(a[i], z[i, 0], z[i, 1], interpolate, tensors=True)
-            write_animation(frames, out / name / "interpolation")
+            write_animation(frames, stage / name / "interpolation")
+    echo(f"wrote {out / 'grid.png'} and {len(names) * outs.shape[1]} outputs under {out}/")
+    if interpolate:
         ends = "the two reference codes" if references else "sample_00's and sample_01's codes"
         echo(f"wrote {len(names)} interpolations ({interpolate} frames between {ends}): <input>/interpolation.gif and .png")
         result["interpolation_frames"] = interpolate

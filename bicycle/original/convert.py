@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bicycle.errors import CheckpointError, ConfigError, ExportError
+from bicycle.errors import CheckpointError, ConfigError, ExportError, NonFiniteError
 from bicycle.original import layout as L
 
 CHECKPOINT = "step_00000000.safetensors"
@@ -95,6 +95,10 @@ def read_state_dict(path: Path, role: str) -> dict[str, Tensor]:
                               + (" (a training checkpoint? give the network's own state dict)" if "state_dict" in bad else ""))
     if not obj:
         raise CheckpointError(f"{what} is an empty state dict")
+    nonfinite = sorted(k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if nonfinite:
+        raise NonFiniteError(f"{what}: tensor {_names(nonfinite)} holds NaN or inf: these weights cannot make a "
+                             f"model (the run had diverged, or the file is damaged)")
     return dict(obj)
 
 
@@ -212,7 +216,7 @@ def convert(g_path: Path, e_path: Path | None, out: Path, flags: OriginalFlags,
     from bicycle.config import PRESETS, replace, validate
     from bicycle.nn.encoder import encoder_blocks
     from bicycle.plugins import get_plugins
-    from bicycle.preflight import check_writable
+    from bicycle.outputs import check_new_run_dir, check_writable, new_folder
 
     notes: list[str] = []
 
@@ -221,6 +225,7 @@ def convert(g_path: Path, e_path: Path | None, out: Path, flags: OriginalFlags,
         echo(f"note: {line}")
 
     _check_out(out)
+    check_new_run_dir(out, "--out")
     check_writable(out, "--out")
     if e_path is None and (flags.netE is not None or flags.nef is not None):
         raise ConfigError(f"--{'netE' if flags.netE is not None else 'nef'} describes E, but no --E was given")
@@ -360,15 +365,16 @@ def convert(g_path: Path, e_path: Path | None, out: Path, flags: OriginalFlags,
 
     sources = ", ".join(p.name for p in (g_path, e_path) if p is not None)
     ckpts = out / "checkpoints"
-    with io.writing(out):
-        out.mkdir(parents=True, exist_ok=True)
-        ckpts.mkdir(exist_ok=True)
-    with io.writing(out / "config.json"):
-        io.atomic_write_bytes(out / "config.json", (cfg.to_json() + "\n").encode())
-    with io.writing(ckpts / CHECKPOINT):
-        io.save_weights(ckpts / CHECKPOINT, cfg, nets, step=0, source=f"original BicycleGAN: {sources}")
-    with io.writing(ckpts / io.LATEST):
-        io.write_latest(ckpts, CHECKPOINT)
+    with new_folder(out):  # a failed write leaves no half-made run dir to block the retry
+        with io.writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+            ckpts.mkdir(exist_ok=True)
+        with io.writing(out / "config.json"):
+            io.atomic_write_bytes(out / "config.json", (cfg.to_json() + "\n").encode())
+        with io.writing(ckpts / CHECKPOINT):
+            io.save_weights(ckpts / CHECKPOINT, cfg, nets, step=0, source=f"original BicycleGAN: {sources}")
+        with io.writing(ckpts / io.LATEST):
+            io.write_latest(ckpts, CHECKPOINT)
     return Converted(out, cfg, notes)
 
 

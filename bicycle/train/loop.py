@@ -18,6 +18,7 @@ from bicycle.errors import CheckpointError, NonFiniteError, TrainingDiverged
 from bicycle.io import (Checkpoint, atomic_write_bytes, load_checkpoint, load_networks, load_optimizers,
                         remove_stale_temporaries, resolve_checkpoint_path, writing)
 from bicycle.plugins import Plugins, get_plugins
+from bicycle.train.runlock import run_dir_writer
 from bicycle.train.checkpoints import checkpoint_name, write_checkpoint
 from bicycle.train.collapse import CollapseMonitor
 from bicycle.train.coordinator import Coordinator, coordinator_for
@@ -77,7 +78,7 @@ def train(cfg: RunConfig, run_dir: Path, *, resume: bool = False, plugins: Plugi
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume``). Returns when done or stopped.
     ``world``: this process's rank under torchrun (:mod:`bicycle.train.distributed`); rank 0 alone writes."""
     coord = coordinator_for(world, cfg)
-    with coord.session():
+    with run_dir_writer(run_dir, resume=resume, hold=world.main), coord.session():
         return _train(cfg, run_dir, resume, plugins or get_plugins(), coord.speaker(echo), coord)
 
 

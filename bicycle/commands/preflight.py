@@ -4,10 +4,9 @@ a checkpoint) and resume compatibility. Every problem is a :class:`~bicycle.erro
 the flag, value or path."""
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 from collections.abc import Callable
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,14 +15,17 @@ import torch
 
 from bicycle.build import build_networks, resolve
 from bicycle.config import RESUMABLE_KEYS, RunConfig, replace
-from bicycle.errors import ConfigError, DataError, StorageError
+from bicycle.errors import BicycleError, ConfigError, DataError, StorageError
+from bicycle.io import resolve_checkpoint_path
 from bicycle.registry import Registry
+from bicycle.outputs import check_output_file, check_output_folder, check_writable
+from bicycle.train.runlock import check_not_busy
 
 if TYPE_CHECKING:
     from bicycle.train.distributed import World
 
-# Room asked for beyond the estimated checkpoint size (samples, logs, the file system's own slack).
-SPACE_MARGIN_BYTES = 16 << 20
+# Room asked for beyond the next checkpoint (sample grids, the log, the file system's own slack).
+SPACE_MARGIN_BYTES = 2 << 20
 
 
 def resume_config(stored: RunConfig, requested: RunConfig | None, changed: set[str]) -> RunConfig:
@@ -44,34 +46,6 @@ def check_resume_steps(cfg: RunConfig, done: int) -> None:
                           f"(give --steps above {done}, or leave it out)")
 
 
-def _existing_ancestor(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists():
-        p = p.parent
-    return p
-
-
-def check_writable(path: Path, flag: str) -> Path:
-    """``path`` (a folder, created later if missing) can be written: probed with a real file in it or in
-    its nearest existing parent, so read-only mounts and missing permissions fail here, not mid-run."""
-    where = _existing_ancestor(path)
-    if not where.is_dir():
-        raise StorageError(f"{flag} {path}: {where} is a file, not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".bicycle-probe-", dir=where)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise StorageError(f"{flag} {path}: cannot write in {where}: {exc.strerror or exc}") from exc
-    return where
-
-
-def check_output_file(path: Path, flag: str) -> None:
-    if path.is_dir():
-        raise StorageError(f"{flag} {path} is a folder; give a file path")
-    check_writable(path.parent, flag)
-
-
 def checkpoint_bytes(cfg: RunConfig, registry: Registry) -> int:
     """Estimated size of one checkpoint: every network's parameters and Adam's two moments, float32
     (built on the meta device: no memory, no time)."""
@@ -80,56 +54,72 @@ def checkpoint_bytes(cfg: RunConfig, registry: Registry) -> int:
     return sum(3 * 4 * p.numel() for _, m in nets.items() for p in m.parameters())
 
 
-def check_room(where: Path, cfg: RunConfig, registry: Registry, flag: str) -> None:
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f}".removesuffix(".0")
+
+
+def next_checkpoint_bytes(cfg: RunConfig, registry: Registry, run_dir: Path, resume: bool) -> tuple[int, str] | None:
+    """The size of the run's next checkpoint and where it comes from: a resumed run's newest checkpoint file,
+    else the estimate of :func:`checkpoint_bytes`; None when neither is known (a plugin network that cannot
+    be built on "meta")."""
+    if resume:
+        with contextlib.suppress(BicycleError, OSError):
+            return resolve_checkpoint_path(run_dir).stat().st_size, "as large as its newest"
     try:
-        need = checkpoint_bytes(cfg, registry) + SPACE_MARGIN_BYTES
+        return checkpoint_bytes(cfg, registry), "estimated"
     except Exception:  # noqa: BLE001 - a plugin network that cannot be built on "meta": skip the estimate
+        return None
+
+
+def check_room(where: Path, cfg: RunConfig, registry: Registry, flag: str, run_dir: Path | None = None,
+               resume: bool = False) -> None:
+    size = next_checkpoint_bytes(cfg, registry, run_dir or where, resume)
+    if size is None:
         return
     free = shutil.disk_usage(where).free
-    if free < need:
-        raise StorageError(f"{flag} {where}: {free / 2**20:.0f} MiB free, a checkpoint of this run needs about "
-                           f"{need / 2**20:.0f} MiB")
+    if free < size[0] + SPACE_MARGIN_BYTES:
+        raise StorageError(f"{flag} {where}: {_mib(free)} MiB free; a checkpoint of this run needs {_mib(size[0])} MiB "
+                           f"({size[1]}) and samples and logs {_mib(SPACE_MARGIN_BYTES)} MiB more")
 
 
 def check_train(cfg: RunConfig, registry: Registry, run_dir: Path, *, resume: bool) -> RunConfig:
     """Everything ``bicycle train`` can check before reading data: the resolved config and the run dir."""
     cfg = resolve(cfg, registry)
+    check_not_busy(run_dir)
     ckpts = run_dir / "checkpoints"
     if not resume and ((ckpts / "latest").exists() or any(ckpts.glob("step_*.safetensors"))):
         raise ConfigError(f"run dir {run_dir} already holds a run: continue it with --resume {run_dir}, "
                           f"or choose another --run-dir")
     flag = "--resume" if resume else "--run-dir"
     where = check_writable(run_dir, flag)
-    check_room(where, cfg, registry, flag)
+    check_room(where, cfg, registry, flag, run_dir, resume)
     return cfg
 
 
 def check_inference(device: str, seed: int, out_dir: Path | None = None, json_path: Path | None = None,
-                    references: Sequence[Path] = (), z_source: str = "prior", temperature: float = 1.0) -> None:
+                    references: Sequence[Path] = (), z_source: str = "prior", temperature: float = 1.0,
+                    force: bool = False) -> None:
     """``bicycle sample`` / ``bicycle eval``: the device, the seed, --z-source and --temperature, the reference
     images and the output paths, before loading anything."""
     from bicycle.build import pick_device
-    from bicycle.config import MAX_SEED
+    from bicycle.arguments import check_seed
     from bicycle.inference.posterior import check_z_source
 
     check_z_source(z_source, temperature)
     pick_device(device)
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"--seed must be within [0, {MAX_SEED}], got {seed}")
+    check_seed(seed, "--seed")
     for ref in references:
         if not ref.is_file():
             raise DataError(f"--reference {ref} does not exist")
     if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise StorageError(f"--out {out_dir} is a file, not a folder")
-        check_writable(out_dir, "--out")
+        check_output_folder(out_dir, "--out", force)
     if json_path is not None:
-        check_output_file(json_path, "--json")
+        check_output_file(json_path, "--json", force)
 
 
 def check_sample(input_path: Path | None, data: str | None, samples: int, n_inputs: int, interpolate: int,
                  references: Sequence[Path], device: str, seed: int, out_dir: Path, z_source: str = "auto",
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, force: bool = False) -> None:
     """``bicycle sample``'s flags, then :func:`check_inference`."""
     if input_path is not None and data is not None:
         raise ConfigError("give at most one of --input IMAGE_OR_DIR or --data NAME|PATH")
@@ -143,10 +133,11 @@ def check_sample(input_path: Path | None, data: str | None, samples: int, n_inpu
         raise ConfigError("--interpolate walks between the first two random codes: give --samples 2 or more")
     if references and z_source == "posterior":
         raise ConfigError("--z-source posterior draws random codes; --reference gives the codes instead: give one of them")
-    check_inference(device, seed, out_dir=out_dir, references=references, z_source=z_source, temperature=temperature)
+    check_inference(device, seed, out_dir=out_dir, references=references, z_source=z_source, temperature=temperature,
+                    force=force)
 
 
-def check_export(out: Path | None, onnx_path: Path | None, device: str) -> None:
+def check_export(out: Path | None, onnx_path: Path | None, device: str, force: bool = False) -> None:
     """``bicycle export``: something to write, and paths that can be written."""
     from bicycle.build import pick_device
 
@@ -154,9 +145,9 @@ def check_export(out: Path | None, onnx_path: Path | None, device: str) -> None:
         raise ConfigError("nothing to export: give --out model.safetensors and/or --onnx model.onnx")
     pick_device(device)
     if out is not None:
-        check_output_file(out, "--out")
+        check_output_file(out, "--out", force, need=0)
     if onnx_path is not None:
-        check_output_file(onnx_path, "--onnx")
+        check_output_file(onnx_path, "--onnx", force, need=0)
 
 
 def check_world(world: World, preset: str, run_dir: Path | None, resume_dir: Path | None,
