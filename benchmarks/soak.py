@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bicycle.bench.common import machine_meta, write_json
-    from bicycle.build import pick_device
+    from bicycle.ops import pick_device
     from bicycle.config import PRESETS, replace
     from bicycle.plugins import build_plugins
     from bicycle.train.loop import train

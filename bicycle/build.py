@@ -1,4 +1,4 @@
-"""From a RunConfig (+ the plugin registry) to datasets, networks and a device: what training and
+"""From a RunConfig (+ the plugin registry) to datasets and networks: what training and
 inference share. Training's own state (optimizers, schedules) lives in :mod:`bicycle.train`."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -100,11 +101,29 @@ def build_eval_dataset(cfg: RunConfig, registry: Registry, purpose: str = "the e
     return train if train is not None else build_dataset(cfg, registry, "train", channels)
 
 
+@dataclass(frozen=True)
+class RunData:
+    """A training run's config resolved against its data (channels filled in) and its two splits."""
+
+    cfg: RunConfig
+    train: object
+    val: object
+
+
+def prepare_run(cfg: RunConfig, registry: Registry, echo: Callable[[str], None] = _note) -> RunData:
+    """The train split, the val split (or the train split, said through ``echo``), and ``cfg`` resolved."""
+    dataset = build_dataset(cfg, registry, "train")
+    val = build_eval_dataset(cfg, registry, "the sample grids", echo=echo, train=dataset)
+    return RunData(resolve(cfg, registry, dataset), dataset, val)
+
+
 def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -> RunConfig:
     """Validate against the registry: known backbone/injector, supported size, dataset channels, and that
     the device and the fused-op impl asked for can run here (before anything slow)."""
-    from bicycle.ops import check_impl
+    from bicycle.ops import check_cuda_graphs, check_impl, pick_device
 
+    dataset_spec(cfg, registry)
+    check_direction(cfg, registry)
     validate(cfg)
     backbone = registry.backbone(cfg.net.backbone)
     injector = registry.injector(cfg.net.inject)
@@ -113,8 +132,6 @@ def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -
         raise ConfigError(f"injector {injector.name!r} needs a backbone with decoder injection points; backbone "
                           f"{backbone.name!r} offers none (use --inject all, or a backbone among "
                           f"{', '.join(offered) or 'none'})")
-    dataset_spec(cfg, registry)
-    check_direction(cfg, registry)
     problem = backbone.check_size(cfg.net.image_size)
     if problem:
         raise ConfigError(problem)
@@ -169,27 +186,3 @@ def plugin_code(plugin: str, what: str) -> Iterator[None]:
     except (Exception, SystemExit) as exc:
         why = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
         raise PluginError(f"plugin {plugin!r}: building {what} failed: {why}") from exc
-
-
-def check_cuda_graphs(setting: bool | None, device: torch.device) -> None:
-    """An explicit request for CUDA graphs on a device without them is a usage error."""
-    if setting and device.type != "cuda":
-        raise ConfigError(f"--cuda-graphs needs a CUDA device, but the run uses {device.type!r}: "
-                          f"drop the flag or pass --no-cuda-graphs (the default there is eager)")
-
-
-def pick_device(requested: str) -> torch.device:
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; anything else is a ConfigError."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(requested)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"unknown device {requested!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {requested!r} is not supported: use auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {requested!r} requested but CUDA is not available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {requested!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev

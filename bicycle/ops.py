@@ -5,7 +5,8 @@ says so), C++ for CPU tensors (the reference when ``bicycle._C`` did not build),
 otherwise. An explicitly requested impl that cannot run raises
 :class:`~bicycle.errors.OpUnavailableError` (re-exported here) with the reason; nothing falls back
 silently. :func:`check_impl` asks that before training starts. This is the only module that imports
-``bicycle.kernels`` and ``bicycle._C``.
+``bicycle.kernels`` and ``bicycle._C``. :func:`pick_device` answers the other question of what runs here:
+the device a ``--device`` value names on this machine.
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from bicycle.config import IMPLS
-from bicycle.errors import OpUnavailableError
+from bicycle.errors import ConfigError, OpUnavailableError
 from bicycle.kernels import _common
 from bicycle.kernels import lsgan as _lsgan
 from bicycle.kernels import reparam_kl as _reparam
@@ -159,3 +161,27 @@ def prepare_batch(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, size:
     if chosen == "ref":
         return prepare_batch_ref(images, top, left, flip, size)
     return prepare_batch_cpp(_ext()[0], images, top, left, flip, size)
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; anything else is a ConfigError."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {requested!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {requested!r} is not supported: use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {requested!r} requested but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {requested!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def check_cuda_graphs(setting: bool | None, device: torch.device) -> None:
+    """An explicit request for CUDA graphs on a device without them is a usage error."""
+    if setting and device.type != "cuda":
+        raise ConfigError(f"--cuda-graphs needs a CUDA device, but the run uses {device.type!r}: "
+                          f"drop the flag or pass --no-cuda-graphs (the default there is eager)")

@@ -41,3 +41,13 @@ def test_the_loop_leaves_the_ranks_to_a_coordinator():
     source = inspect.getsource(loop._train)
     assert len(source.splitlines()) <= 80
     assert "group" not in source and "launched" not in source
+
+
+def test_the_loop_takes_its_data_and_resolved_config_from_one_call():
+    import ast
+
+    from bicycle.train import loop
+    tree = ast.parse(Path(loop.__file__).read_text())
+    from_build = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "bicycle.build"
+                  for a in node.names}
+    assert from_build == {"prepare_run"}

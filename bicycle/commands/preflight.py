@@ -101,7 +101,7 @@ def check_inference(device: str, seed: int, out_dir: Path | None = None, json_pa
                     force: bool = False) -> None:
     """``bicycle sample`` / ``bicycle eval``: the device, the seed, --z-source and --temperature, the reference
     images and the output paths, before loading anything."""
-    from bicycle.build import pick_device
+    from bicycle.ops import pick_device
     from bicycle.arguments import check_seed
     from bicycle.inference.posterior import check_z_source
 
@@ -139,7 +139,7 @@ def check_sample(input_path: Path | None, data: str | None, samples: int, n_inpu
 
 def check_export(out: Path | None, onnx_path: Path | None, device: str, force: bool = False) -> None:
     """``bicycle export``: something to write, and paths that can be written."""
-    from bicycle.build import pick_device
+    from bicycle.ops import pick_device
 
     if out is None and onnx_path is None:
         raise ConfigError("nothing to export: give --out model.safetensors and/or --onnx model.onnx")

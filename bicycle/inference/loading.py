@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 from bicycle import io
-from bicycle.build import build_networks, pick_device
+from bicycle.build import build_networks
+from bicycle.ops import pick_device
 from bicycle.nets import Nets
 from bicycle.plugins import get_plugins
 

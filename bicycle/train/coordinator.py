@@ -10,7 +10,7 @@ from typing import Protocol
 
 import torch
 
-from bicycle.build import pick_device
+from bicycle.ops import pick_device
 from bicycle.config import RunConfig
 from bicycle.errors import BicycleError, NonFiniteError, PeerLost, TrainingDiverged
 from bicycle.train.distributed import (DDP_EAGER_NOTE, DDP_GRAPH_WARMUP, SINGLE, Group, World, device_for,

@@ -77,7 +77,7 @@ def timeout() -> datetime.timedelta:
 
 def device_for(world: World, requested: str) -> torch.device:
     """One device per process: cuda:LOCAL_RANK when CUDA is used, else the CPU."""
-    from bicycle.build import pick_device
+    from bicycle.ops import pick_device
 
     dev = pick_device(requested)
     if dev.type != "cuda" or not world.launched:

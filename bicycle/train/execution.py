@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from bicycle.build import check_cuda_graphs
+from bicycle.ops import check_cuda_graphs
 from bicycle.errors import ConfigError
 
 CPU_EAGER_MESSAGE = "eager (CUDA graphs need a CUDA device)"

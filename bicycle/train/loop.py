@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bicycle.build import build_dataset, build_eval_dataset, resolve
+from bicycle.build import prepare_run
 from bicycle.config import RunConfig
 from bicycle.errors import CheckpointError, NonFiniteError, TrainingDiverged
 from bicycle.io import (Checkpoint, atomic_write_bytes, load_checkpoint, load_networks, load_optimizers,
@@ -139,11 +139,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: 
     ckpt = load_checkpoint(run_dir) if resume else None
     notes: list[str | None] = []  # said once the run log is open
     with coord.main_first("data-check"):  # rank 0 checks first
-        dataset = build_dataset(cfg, registry, "train")
-        val = build_eval_dataset(cfg, registry, "the sample grids", echo=notes.append, train=dataset)
-        splits = run_splits(dataset, val)  # both splits checked before anything is written
+        data = prepare_run(cfg, registry, notes.append)
+        splits = run_splits(data.train, data.val)  # both splits checked before anything is written
+    cfg, dataset, val = data.cfg, data.train, data.val
     data_files = manifests(splits)
-    cfg = resolve(cfg, registry, dataset)
     device = coord.device_for(cfg.train.device)
     graphs, graphs_note, ddp_stream, warmup = coord.execution(cfg.train.cuda_graphs, device)
     state = build_state(cfg, registry, device, world=world, ddp_stream=ddp_stream)
