@@ -17,11 +17,11 @@ if TYPE_CHECKING:
     from bicycle.inference.model import Model
 
 
-def load(path: str | Path, device: str = "auto") -> Model:
+def load(path: str | Path, device: str = "auto", weights: str = "auto") -> Model:
     """A trained model from a run dir, a checkpoint or exported weights; see :func:`bicycle.inference.model.load`."""
     from bicycle.inference.model import load as _load
 
-    return _load(path, device)
+    return _load(path, device, weights)
 
 
 __all__ = ["__version__", "hookimpl", "load"]

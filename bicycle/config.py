@@ -26,6 +26,7 @@ DIRECTIONS = ("AtoB", "BtoA")
 PRECISIONS = ("fp32", "bf16")
 BAD_IMAGES = ("error", "skip")
 IMPLS = ("auto", "triton", "cpp", "ref")
+WEIGHTS = ("auto", "ema", "raw")  # which weights translate: the moving averages when kept (auto), or as trained
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 4096  # 8x the largest size the original ran (512 px); larger cannot fit a U-Net step in memory
 MAX_STEPS = 10**9  # ~30 years at 1 s/step: more is a typo
@@ -115,7 +116,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """``cuda_graphs``: execution only (the mathematics is the same): None = CUDA graphs on CUDA devices, eager
-    elsewhere. ``precision``: "bf16" is autocast + channels_last (opt-in). ``compile``: torch.compile each network."""
+    elsewhere. ``precision``: "bf16" is autocast + channels_last (opt-in). ``compile``: torch.compile each network.
+    ``ema``: the decay of a moving average of G's and E's weights (:mod:`bicycle.train.ema`); 0: off."""
 
     model: str = key("bicycle", choices=MODELS)
     steps: int = key(200_000, "training iterations", resumable=True)
@@ -131,6 +133,8 @@ class TrainConfig:
                                          "eager on CPU)", resumable=True)
     precision: str = key("fp32", "bf16: autocast + channels_last (opt-in)", choices=PRECISIONS, resumable=True)
     compile: bool = key(False, "torch.compile the networks", resumable=True)
+    ema: float = key(0.0, "keep an exponential moving average of G's and E's weights with this decay (e.g. 0.999), "
+                          "used by sampling, eval, export and the progress grids (0: off, as the paper)")
 
 
 @dataclass(frozen=True)
@@ -369,6 +373,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"loss.kl_warmup must be within [0, 1] (a fraction of the steps), got {cfg.loss.kl_warmup}")
     if not 0.0 <= o.decay_start <= 1.0:
         raise ConfigError(f"optim.decay_start must be within [0, 1], got {o.decay_start}")
+    if not 0.0 <= t.ema < 1.0:
+        raise ConfigError(f"train.ema must be within [0, 1) (0: off; e.g. 0.999), got {t.ema}")
     floats = {"optim.lr": o.lr, "optim.lr_d": o.lr_d, "optim.beta1": o.beta1, "optim.beta2": o.beta2,
               **{f"loss.{k}": v for k, v in dataclasses.asdict(cfg.loss).items()}}
     for key, value in floats.items():

@@ -4,11 +4,13 @@ Layout of a checkpoint file's tensors:
   ``G.<name>``, ``E.<name>``, ``D.<name>``, ``D2.<name>``   network state dicts
   ``opt.<net>.<i>.<key>``                                  Adam state of parameter i (exp_avg, ...)
   ``rng.torch`` (+ ``rng.cuda``)                            RNG states (uint8)
+  ``ema.G.<name>``, ``ema.E.<name>``                        moving averages of G and E (``--ema``; absent without)
 Metadata (strings): format, config (JSON), step, data position, optimizer param groups (JSON), and
 ``digests``: the SHA-256 of each tensor's bytes (JSON, :mod:`bicycle.digests`), checked at every load.
 
-Inference weights (``bicycle export``, format ``bicycle-weights/1``) hold ``G.*`` and ``E.*`` only, in
-float32, float16 or bfloat16, with the config, the step and the checkpoint they came from.
+Inference weights (``bicycle export``, format ``bicycle-weights/1``) hold ``G.*`` and ``E.*`` only (the moving
+averages when the run kept them), in float32, float16 or bfloat16, with the config, the step and the checkpoint
+they came from.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ from bicycle.nets import Nets
 FORMAT = "bicycle-checkpoint/1"
 WEIGHTS_FORMAT = "bicycle-weights/1"
 NETWORKS = ("G", "E", "D", "D2")
+EMA_PREFIX = "ema."  # the moving averages of G and E
+EXPORTED_WEIGHTS = "weights"  # exported weights' metadata: which weights they are, "ema" or "raw"
 LATEST = "latest"
 
 
@@ -173,10 +177,11 @@ def save_checkpoint(path: Path, config: RunConfig, nets: Nets, step: int,
 
 
 def save_weights(path: Path, config: RunConfig, nets: Nets, step: int, dtype: torch.dtype = torch.float32,
-                 source: str = "", extra: dict[str, Tensor] | None = None) -> Path:
+                 source: str = "", extra: dict[str, Tensor] | None = None, weights: str = "raw") -> Path:
     """Write G's and E's weights (cast to ``dtype``) with the config, atomically: what ``bicycle.load`` and
     ``bicycle sample`` need, nothing for training. Values that ``dtype`` cannot hold are refused. ``extra``:
-    tensors stored as they are (the run's aggregate posterior, ``posterior.*``)."""
+    tensors stored as they are (the run's aggregate posterior, ``posterior.*``); ``weights``: which weights ``nets``
+    hold, ``"ema"`` (the moving averages) or ``"raw"``, recorded in the metadata."""
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in _state_tensors(nets).items()
                if k.split(".", 1)[0] in ("G", "E")}
     tensors.update(extra or {})
@@ -188,7 +193,7 @@ def save_weights(path: Path, config: RunConfig, nets: Nets, step: int, dtype: to
         raise NonFiniteError(f"refusing to write {path}: {_names(bad)} do not fit in {str(dtype).removeprefix('torch.')}; "
                              f"export in float32")
     meta = {"format": WEIGHTS_FORMAT, "config": config.to_json(), "step": str(step),
-            "dtype": str(dtype).removeprefix("torch."), "source": source}
+            "dtype": str(dtype).removeprefix("torch."), "source": source, EXPORTED_WEIGHTS: weights}
     _atomic_save_tensors(path, tensors, meta)
     return path
 
@@ -344,7 +349,7 @@ def load_networks(ckpt: Checkpoint, nets: Nets) -> None:
     expected = _state_tensors(nets)
     built = {name for name, _ in nets.items()}
     stored = {k: v for k, v in ckpt.tensors.items()
-              if not k.startswith(("opt.", "rng.", "posterior.")) and not (k.split(".", 1)[0] in NETWORKS and k.split(".", 1)[0] not in built)}
+              if not k.startswith(("opt.", "rng.", "posterior.", EMA_PREFIX)) and not (k.split(".", 1)[0] in NETWORKS and k.split(".", 1)[0] not in built)}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     problems = []
@@ -365,6 +370,18 @@ def load_networks(ckpt: Checkpoint, nets: Nets) -> None:
     for name, module in nets.items():
         prefix = f"{name}."
         module.load_state_dict({k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix)})
+
+
+def has_average(ckpt: Checkpoint) -> bool:
+    """True when ``ckpt`` holds moving averages of G and E (``ema.*``)."""
+    return any(k.startswith(EMA_PREFIX) for k in ckpt.tensors)
+
+
+def load_average(ckpt: Checkpoint, nets: Nets) -> None:
+    """Load ``ckpt``'s moving averages into ``nets`` (G, and E when it has one), as strictly as :func:`load_networks`."""
+    view = Checkpoint(ckpt.path, ckpt.config, ckpt.step,
+                      {k[len(EMA_PREFIX):]: v for k, v in ckpt.tensors.items() if k.startswith(EMA_PREFIX)}, ckpt.metadata)
+    load_networks(view, nets)
 
 
 # Adam options that choose an implementation for the device at hand (a checkpoint written on a CPU

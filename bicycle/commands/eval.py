@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from bicycle.commands.options import weights_option
 from bicycle.commands.reporting import reports_errors
 
 
@@ -24,11 +25,12 @@ from bicycle.commands.reporting import reports_errors
 @click.option("--z-source", type=click.Choice(["prior", "posterior"]), default="prior", show_default=True,
               help="random z from N(0, I) (the paper's protocol) or from RUN/posterior.safetensors")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="scale of the random codes' spread")
+@weights_option
 @click.option("--force", is_flag=True, help="replace an existing --json file")
 @reports_errors
 def evaluate(checkpoint: str, data: str | None, n_inputs: int, samples: int, seed: int, json_path: Path | None,
              device: str, lpips_weights: Path | None, inception_weights: Path | None, z_source: str,
-             temperature: float, force: bool) -> None:
+             temperature: float, weights: str, force: bool) -> None:
     """Realism and diversity: oracle measures when the dataset has one, pixel diversity always; LPIPS
     diversity and FID with local weights (never downloaded)."""
     if samples < 1 or n_inputs < 1:
@@ -39,4 +41,4 @@ def evaluate(checkpoint: str, data: str | None, n_inputs: int, samples: int, see
     check_inference(device, seed, json_path=json_path, z_source=z_source, temperature=temperature, force=force)
     run_eval(checkpoint, data, n_inputs, samples, seed, json_path, device, click.echo,
              lpips_weights=lpips_weights, inception_weights=inception_weights, z_source=z_source,
-             temperature=temperature)
+             temperature=temperature, weights=weights)

@@ -7,13 +7,19 @@ from typing import Any
 
 import click
 
-from bicycle.config import config_fields, parse_value
+from bicycle.config import WEIGHTS, config_fields, parse_value
 from bicycle.errors import ConfigError
 
 RUN_GROUP = "Run"
 SECTION_TITLES = {"data": "Data", "train": "Training", "net": "Networks", "loss": "Loss weights",
                   "optim": "Optimizer"}
 _TYPES = {"int": click.INT, "float": click.FLOAT}
+
+
+weights_option = click.option(
+    "--weights", type=click.Choice(WEIGHTS), default="auto", show_default=True,
+    help="which weights translate: the moving average of G and E when the run kept one (auto), only it (ema), or "
+         "the weights as trained (raw)")
 
 
 class ConfigOption(click.Option):

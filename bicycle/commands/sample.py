@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from bicycle.commands.options import weights_option
 from bicycle.commands.reporting import reports_errors
 
 
@@ -26,11 +27,12 @@ from bicycle.commands.reporting import reports_errors
                    "mixture when there is one, else the prior (auto; the output says which)")
 @click.option("--temperature", type=float, default=1.0, show_default=True,
               help="scale of the random codes' spread (the prior's std, the mixture's covariances by T^2)")
+@weights_option
 @click.option("--force", is_flag=True, help="replace the outputs of an earlier sample in --out")
 @reports_errors
 def sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int,
            references: tuple[Path, ...], interpolate: int, out: Path, seed: int, device: str, z_source: str,
-           temperature: float, force: bool) -> None:
+           temperature: float, weights: str, force: bool) -> None:
     """Write, per input, a grid (input, ground truth and encoded output when known, N random-z outputs)
     and the individual outputs; with --interpolate, an animated GIF and a strip per input."""
     from bicycle.inference.sample import run_sample
@@ -39,4 +41,4 @@ def sample(checkpoint: str, input_path: Path | None, data: str | None, samples: 
     check_sample(input_path, data, samples, n_inputs, interpolate, references, device, seed, out,
                  z_source=z_source, temperature=temperature, force=force)
     run_sample(checkpoint, input_path, data, samples, n_inputs, out, seed, device, click.echo,
-               references=references, interpolate=interpolate, z_source=z_source, temperature=temperature)
+               references=references, interpolate=interpolate, z_source=z_source, temperature=temperature, weights=weights)

@@ -12,7 +12,7 @@ from bicycle.build import build_eval_dataset, check_channels
 from bicycle.data.base import oracle_of
 from bicycle.errors import BicycleError
 from bicycle.io import atomic_write_bytes, writing
-from bicycle.inference.loading import load_model
+from bicycle.inference.loading import describe_weights, load_model, pick_weights
 from bicycle.inference.metrics import PROTOCOL_VERSION, consecutive_pair_l1, mode_statistics, prior_coverage, z_sensitivity
 from bicycle.models import MODELS
 from bicycle.nets import Nets
@@ -142,7 +142,9 @@ def _valid_by_coverage(valid: torch.Tensor, coverage: torch.Tensor | None) -> di
 
 def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, seed: int, json_path: Path | None,
              device: str, echo: Callable[[str], None] = print, lpips_weights: str | Path | None = None,
-             inception_weights: str | Path | None = None, z_source: str = "prior", temperature: float = 1.0) -> dict:
+             inception_weights: str | Path | None = None, z_source: str = "prior", temperature: float = 1.0,
+             weights: str = "auto") -> dict:
+    """``bicycle eval``; ``weights``: which of the checkpoint's weights (:func:`~bicycle.inference.loading.pick_weights`)."""
     from bicycle.inference.perceptual import file_tag, load_inception, load_lpips
     lpips = load_lpips(lpips_weights) if lpips_weights is not None else None  # weight errors before the model
     fid_net = load_inception(inception_weights) if inception_weights is not None else None
@@ -151,8 +153,10 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
         tags["lpips"] = file_tag(lpips_weights)
     if fid_net is not None:
         tags["fid"] = file_tag(inception_weights)
-    ckpt, nets, dev = load_model(checkpoint, device)
+    ckpt, nets, dev = load_model(checkpoint, device, weights)
+    chosen = pick_weights(ckpt, weights)
     source, other = _sources(ckpt, z_source, temperature)  # a missing or stale posterior: an error before the data
+    echo(describe_weights(ckpt, chosen))
     lpips = lpips.to(dev) if lpips is not None else None
     fid_net = fid_net.to(dev) if fid_net is not None else None
     cfg = ckpt.config
@@ -172,7 +176,7 @@ def run_eval(checkpoint: str, data: str | None, n_inputs: int, n_samples: int, s
                              for name in ("prior", "posterior")}
     if "posterior" not in by_source:
         result["notes"] = result["notes"] + [f"by_z_source: no posterior ({other.why})"]
-    result.update(checkpoint=str(ckpt.path), step=ckpt.step, model=cfg.train.model, data=cfg.data.data)
+    result.update(checkpoint=str(ckpt.path), step=ckpt.step, model=cfg.train.model, data=cfg.data.data, weights=chosen)
     for key, value in result.items():
         if key not in ("protocol", "notes", "by_z_source"):
             echo(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")

@@ -28,7 +28,7 @@ from bicycle.config import RunConfig
 from bicycle.data.images import convert_image, image_to_tensor, open_image
 from bicycle.arguments import check_count, check_seed
 from bicycle.errors import ConfigError, DataError, InputTypeError
-from bicycle.inference.loading import load_model
+from bicycle.inference.loading import describe_weights, load_model, pick_weights
 from bicycle.inference.posterior import check_z_source
 from bicycle.inference.zsource import ZSource, z_source_for
 from bicycle.nets import Nets
@@ -38,15 +38,20 @@ BATCH = 32  # (input, code) pairs per generator call
 RANGE_TOLERANCE = 1e-3  # a tensor input may stray this far outside [-1, 1] (rounding), no further
 
 
-def load(path: str | Path, device: str = "auto") -> Model:
+def load(path: str | Path, device: str = "auto", weights: str = "auto") -> Model:
     """A run dir (its newest checkpoint), a checkpoint file or exported weights (``bicycle export``).
-    Non-finite weights are refused, naming the file (:class:`bicycle.errors.NonFiniteError`)."""
+    Non-finite weights are refused, naming the file (:class:`bicycle.errors.NonFiniteError`). ``weights``: ``auto``,
+    the moving average of G and E when the run kept one (``--ema``), else the weights as trained; ``ema``; ``raw``
+    (:attr:`Model.weights` says which)."""
     from bicycle.inference.posterior import embedded_posterior
 
-    ckpt, nets, dev = load_model(path, device)
+    ckpt, nets, dev = load_model(path, device, weights)
     embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only else None
-    return Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path, weights_only=ckpt.weights_only,
-                 posterior=embedded)
+    model = Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path, weights_only=ckpt.weights_only,
+                  posterior=embedded)
+    model.weights = pick_weights(ckpt, weights)
+    model.weights_note = describe_weights(ckpt, model.weights)
+    return model
 
 
 def to_pil(t: Tensor) -> Image.Image:
@@ -62,6 +67,8 @@ class Model:
                  path: Path | None = None, weights_only: bool = False, posterior=None) -> None:
         self.nets, self.config, self.device, self.step, self.path = nets, config, device, step, path
         self.weights_only = weights_only  # exported weights (bicycle export): the posterior, if any, is inside
+        self.weights = "raw"  # "ema": the moving averages of G and E (set by :func:`load`)
+        self.weights_note = ""
         self._embedded = posterior  # the mixture exported weights carry
         self._posterior, self._posterior_origin = posterior, path  # None: read from the run dir when first asked for
         for _, m in nets.items():

@@ -128,13 +128,14 @@ def output_bytes(n_inputs: int, samples: int, size: int, interpolate: int = 0) -
 def run_sample(checkpoint: str, input_path: Path | None, data: str | None, samples: int, n_inputs: int,
                out: Path, seed: int, device: str, echo: Callable[[str], None] = print,
                references: Sequence[Path] = (), interpolate: int = 0, z_source: str = "auto",
-               temperature: float = 1.0) -> dict:
+               temperature: float = 1.0, weights: str = "auto") -> dict:
     """``bicycle sample``: a grid and the outputs of ``samples`` random codes per input from ``z_source`` (see
-    :meth:`Model.z_source`), or of the ``references``' codes."""
-    model = load(checkpoint, device)
+    :meth:`Model.z_source`), or of the ``references``' codes; ``weights``: see :func:`~bicycle.inference.model.load`."""
+    model = load(checkpoint, device, weights)
     cfg = model.config
     echo(f"checkpoint {model.path} (step {model.step}, model {cfg.train.model}, {cfg.net.image_size} px)")
     source = None if references else model.z_source(z_source, temperature)  # before any data is read
+    echo(model.weights_note)
     a, b, names, oracle = _inputs(model, input_path, data, n_inputs, echo)
     if references:
         codes = model.encode(list(references))
@@ -148,7 +149,8 @@ def run_sample(checkpoint: str, input_path: Path | None, data: str | None, sampl
     image, outs = sample_grid(model.nets, a.to(dev), None if b is None else b.to(dev), z.to(dev))
     kind = "reference" if references else "sample"
     result: dict = {"grid": str(out / "grid.png"), "inputs": len(names), "samples": int(outs.shape[1]),
-                    "z_source": source.name if source else "reference", "temperature": temperature}
+                    "z_source": source.name if source else "reference", "temperature": temperature,
+                    "weights": model.weights}
     with staged_folder(out) as stage:  # every output, or none (disk full, Ctrl-C)
         image.save(stage / "grid.png")
         for i, name in enumerate(names):

@@ -131,6 +131,11 @@ class GraphedStep:
         if scale is not None:  # outside any graph: fill_ with a host scalar
             scale.fill_(factor)
 
+    def set_ema_step(self, step: int) -> None:
+        """The moving averages' weight for the update after 0-based ``step`` (a no-op without ``train.ema``)."""
+        if self.state.ema is not None:  # outside any graph, as the factors above
+            self.state.ema.set_step(step)
+
     def load(self, a: Tensor, b: Tensor) -> None:
         """Copy one batch into the static buffers (asynchronously from pinned memory); uint8 batches
         (see :meth:`load_uint8`) are normalised on the device."""

@@ -114,7 +114,7 @@ class _Run:
 
     def checkpoint(self, step: int) -> Path | None:
         """Rank 0 writes (with every rank's RNG streams); a failure there stops every rank."""
-        extra = self.coord.rng_tensors()
+        extra = self.coord.rng_tensors() | (self.state.ema.tensors() if self.state.ema is not None else {})
         meta = {**manifest_metadata(self.data_files), "world_size": str(self.coord.world.size)}
         failure: BaseException | None = None
         path = None
@@ -196,6 +196,8 @@ def _restore(ckpt: Checkpoint | None, state: TrainState, world: World, seed: int
         return 0
     load_networks(ckpt, state.nets)
     load_optimizers(ckpt, state.optimizers)
+    if state.ema is not None:
+        state.ema.load(ckpt)
     notes.append(restore_rank_rng(ckpt, world, seed))
     assert state.guard is not None
     state.guard.reset(ckpt.step)
@@ -228,8 +230,9 @@ def _steps(run: _Run, stepper: GraphedStep, progress: Progress, grids: ProgressG
             return step, True, None
         factor = lr_factor(step, total, cfg.optim.decay_start)
         kl_ramp = kl_factor(step, total, cfg.loss.kl_warmup)
-        stepper.set_lr_factor(factor)  # both refilled outside any graph
+        stepper.set_lr_factor(factor)  # all refilled outside any graph
         stepper.set_kl_factor(kl_ramp)
+        stepper.set_ema_step(step)
         metrics = stepper.step(*run.batches.next())
         step += 1
         if step == start + stepper.warmup:
@@ -262,7 +265,7 @@ def _steps(run: _Run, stepper: GraphedStep, progress: Progress, grids: ProgressG
 def _write_grid(run: _Run, grids: ProgressGrids, step: int, progress: Progress) -> None:
     wants = {arg: run.plugins.listening("bicycle_train_sample", arg) for arg in ("image", "measures")}
     with writing(run.run_dir / "samples", after=_last_good(run.ckpt_dir) + " (intact)"):
-        grid = grids.write(run.state.nets, step, run.device, **wants)
+        grid = grids.write(run.state.sampling_nets, step, run.device, **wants)
     run.notify("bicycle_train_sample", step=step, path=grid.path, config=run.cfg, run_dir=run.run_dir,
                image=grid.image, measures=grid.measures)
     if grid.warning:
@@ -283,8 +286,8 @@ def _final_report(run: _Run, val, dataset, step: int, summary: dict) -> None:
     from bicycle.inference.posterior import fit_after_training
 
     with writing(run.run_dir):
-        summary.update(final_report(run.cfg, run.state.nets, val, run.run_dir / "samples", run.device, run.echo))
-        fitted = fit_after_training(run.state.nets.E, dataset, run.device, run.run_dir,
+        summary.update(final_report(run.cfg, run.state.sampling_nets, val, run.run_dir / "samples", run.device, run.echo))
+        fitted = fit_after_training(run.state.sampling_nets.E, dataset, run.device, run.run_dir,
                                     run.ckpt_dir / checkpoint_name(step), step, run.cfg.train.seed, run.echo)
         if fitted is not None:
             summary["posterior"] = {k: fitted[k] for k in ("path", "components", "points", "log_likelihood")}

@@ -16,6 +16,7 @@ from bicycle.nets import Nets
 from bicycle.registry import Registry
 from bicycle.train.execution import prepare_networks
 from bicycle.train.distributed import SINGLE, World, rank_seed, wrap
+from bicycle.train.ema import WeightAverage
 from bicycle.train.guard import DivergenceGuard
 
 DISCRIMINATORS = frozenset({"D", "D2"})
@@ -26,7 +27,8 @@ class TrainState:
     """``base_lrs``: each optimizer's learning rate before the schedule (see :func:`base_lrs`); ``guard``:
     notices the first non-finite step (None: unguarded, e.g. the benchmarks' reference). ``step_nets``: what
     the step calls, the networks' DDP wrappers under data parallelism (None: ``nets`` themselves); ``nets``
-    are always the bare networks (checkpoints, samples)."""
+    are always the bare networks (checkpoints). ``ema``: the moving averages of G and E (``train.ema``), which
+    the run samples with (:attr:`sampling_nets`)."""
 
     nets: Nets
     optimizers: dict[str, torch.optim.Optimizer]
@@ -35,6 +37,12 @@ class TrainState:
     base_lrs: dict[str, float]
     guard: DivergenceGuard | None = None
     step_nets: Nets | None = None
+    ema: WeightAverage | None = None
+
+    @property
+    def sampling_nets(self) -> Nets:
+        """What the run's grids, final report and posterior use: the averages of G and E when kept, else ``nets``."""
+        return self.ema.nets if self.ema is not None else self.nets
 
 
 def base_lrs(cfg: RunConfig, names: Iterable[str]) -> dict[str, float]:
@@ -70,6 +78,7 @@ def build_state(cfg: RunConfig, registry: Registry, device: torch.device | str, 
     nets = build_networks(cfg, registry)
     for _, m in nets.items():
         m.to(device).train()
+    ema = WeightAverage(nets, cfg.train.ema) if cfg.train.ema > 0 else None
     prepare_networks(nets, cfg.train.precision, cfg.train.compile)
     optimizers = build_optimizers(cfg, nets, plain=plain_adam)
     # lambda_KL's warm-up multiplier: a device tensor refilled before each step (None: constant, as the paper)
@@ -83,4 +92,5 @@ def build_state(cfg: RunConfig, registry: Registry, device: torch.device | str, 
                              static_graph=ddp_stream is not None)
         if world.rank > 0:  # rank 0 keeps the single-process stream
             torch.manual_seed(rank_seed(cfg.train.seed, world.rank))
-    return TrainState(nets, optimizers, model, setup, base_lrs(cfg, optimizers), DivergenceGuard(device), step_nets)
+    return TrainState(nets, optimizers, model, setup, base_lrs(cfg, optimizers), DivergenceGuard(device), step_nets,
+                      ema)

@@ -3,7 +3,7 @@
 Capture-ready: static shapes, no host synchronisation (no .item(), no Python branch on tensor
 values); the losses are returned as 0-dim device tensors and read only when logged.
 Order: G and E step on the model's losses; then D and D2 step on the same fakes (detached) with
-the same weights the G/E update saw.
+the same weights the G/E update saw; last, the moving averages of G and E follow (``train.ema``).
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def train_step(state: TrainState, a: Tensor, b: Tensor, noise: dict[str, Tensor]
         d_total.backward()
     for k in d_names:
         opt[k].step()
+    if state.ema is not None:
+        state.ema.update()
     if state.guard is not None:
         state.guard.record(metrics)
     return metrics
