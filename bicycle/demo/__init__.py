@@ -28,8 +28,9 @@ def example_inputs(model, echo: Callable[[str], None]):
 
 
 def serve(path: str, host: str = "127.0.0.1", port: int = 7860, device: str = "auto", invert: bool = False,
-          echo: Callable[[str], None] = print, block: bool = True):
-    """Load the model at ``path`` and serve its page; returns the page (``block=False``: at once)."""
+          echo: Callable[[str], None] = print, block: bool = True, weights: str = "auto"):
+    """Load the model at ``path`` (``weights``: see :func:`bicycle.inference.model.load`) and serve its page; returns
+    the page (``block=False``: at once)."""
     import importlib.util
 
     from bicycle.errors import BicycleError
@@ -39,7 +40,8 @@ def serve(path: str, host: str = "127.0.0.1", port: int = 7860, device: str = "a
     from bicycle.demo.inputs import polarity_of
     from bicycle.inference.model import load
 
-    model = load(path, device)
+    model = load(path, device, weights)
+    echo(model.weights_note)
     examples, a = example_inputs(model, echo)
     demo = Demo(model, examples, polarity_of(a, invert))
     page = build(demo)
