@@ -22,20 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from bicycle.bench.common import git_commit
+from bicycle.bench.common import git_commit, run_bicycle
 
 MEASURES = ["valid_rate", "modes_per_input", "ideal_modes_per_input", "modes_fraction_of_ideal", "mode_jsd",
             "encoded_mode_rate", "prior_coverage", "valid_rate_covered", "valid_rate_uncovered", "z_sensitivity"]
-
-
-def _bicycle(args: list[str], threads: int, log: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    with log.open("a") as f:
-        f.write(f"$ bicycle {' '.join(args)}\n")
-        f.flush()
-        r = subprocess.run([sys.executable, "-m", "bicycle", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
-    if r.returncode != 0:
-        raise SystemExit(f"bicycle {args[0]} exited with {r.returncode}; see {log}")
 
 
 def run_one(run: Path, data: str, size: int, seed: int, flags: list[str], threads: int, inputs: int,
@@ -48,7 +38,7 @@ def run_one(run: Path, data: str, size: int, seed: int, flags: list[str], thread
             shutil.rmtree(run)
         backbone = f"unet{size}" if size in (128, 256) else "unet"  # the paper's named U-Nets where they exist
         shape = [] if size == 32 else ["--image-size", str(size), "--backbone", backbone]  # 32: the demo
-        _bicycle(["train", "--data", data, *shape, "--seed", str(seed), "--run-dir", str(run), *flags], threads, log)
+        run_bicycle(["train", "--data", data, *shape, "--seed", str(seed), "--run-dir", str(run), *flags], log, threads)
     summary = json.loads((run / "summary.json").read_text())
     rec: dict = {"data": data, "seed": seed, "flags": flags, "steps": summary["step"],
                  "train_seconds": summary["seconds"], "threads": threads, "commit": git_commit()}
@@ -61,8 +51,8 @@ def run_one(run: Path, data: str, size: int, seed: int, flags: list[str], thread
     for source in ("prior", "posterior"):
         out = run / f"eval_{source}.json"
         if not out.exists():
-            _bicycle(["eval", "--checkpoint", str(run), "--inputs", str(inputs), "--samples", str(samples),
-                      "--z-source", source, "--json", str(out)], threads, log)
+            run_bicycle(["eval", "--checkpoint", str(run), "--inputs", str(inputs), "--samples", str(samples),
+                         "--z-source", source, "--json", str(out)], log, threads)
         res = json.loads(out.read_text())
         rec[source] = {k: res.get(k) for k in MEASURES}
     (run / "record.json").write_text(json.dumps(rec, indent=2) + "\n")

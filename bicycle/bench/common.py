@@ -194,3 +194,17 @@ def measured(key: dict, fn: Callable[[], dict | list[dict]], keep_going: bool) -
             raise
         return [{**key, "error": error_text(exc)}]
     return out if isinstance(out, list) else [out]
+
+
+def run_bicycle(args: list[str], log: Path, threads: int) -> None:
+    """``python -m bicycle ARGS`` as a user runs it, with ``threads`` CPU threads, its output appended to ``log``;
+    a failure stops the calling study (SystemExit naming the log)."""
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    with log.open("a") as f:
+        f.write(f"$ bicycle {' '.join(args)}\n")
+        f.flush()
+        r = subprocess.run([sys.executable, "-m", "bicycle", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"bicycle {args[0]} exited with {r.returncode}; see {log}")

@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bicycle.bench.common import run_bicycle
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CHECK_FROM = 10_000
@@ -63,40 +65,33 @@ def read_ledger(path: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def _bicycle(args: list[str], log: Path, threads: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    with log.open("a") as f:
-        f.write(f"$ bicycle {' '.join(args)}\n")
-        f.flush()
-        r = subprocess.run([sys.executable, "-m", "bicycle", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
-    if r.returncode != 0:
-        raise SystemExit(f"bicycle {args[0]} exited with {r.returncode}; see {log}")
-
-
 def run_task(task: int, a: argparse.Namespace, runs: Path) -> dict:
     run = runs / f"task_{task}"
     log = runs / f"task_{task}.log"
     runs.mkdir(parents=True, exist_ok=True)
     if not (run / "summary.json").exists():
         if (run / "checkpoints" / "latest").exists():
-            _bicycle(["train", "--resume", str(run)], log, a.threads)
+            run_bicycle(["train", "--resume", str(run)], log, a.threads)
         else:
             backbone = ["--backbone", f"unet{a.image_size}"] if a.image_size in (128, 256) else []
-            _bicycle(["train", "--data", f"procedural:{task}", "--image-size", str(a.image_size), *backbone,
-                      "--run-dir", str(run), *a.flags], log, a.threads)
+            run_bicycle(["train", "--data", f"procedural:{task}", "--image-size", str(a.image_size), *backbone,
+                         "--run-dir", str(run), *a.flags], log, a.threads)
     summary = json.loads((run / "summary.json").read_text())
     from bicycle.data.procedural import draw_task
 
     row: dict = {"task": task, "description": draw_task(task).describe(), "steps": summary["step"],
                  "train_seconds": summary["seconds"], "flags": a.flags, "config_hash": config_hash(run),
                  "commit": commit(), "date": datetime.date.today().isoformat(), "threads": a.threads}
-    for source in SOURCES:
-        out = run / f"eval_{source}.json"
-        if not out.exists():
-            _bicycle(["eval", "--checkpoint", str(run), "--inputs", str(a.inputs), "--samples", str(a.samples),
-                      "--z-source", source, "--json", str(out)], log, a.threads)
-        res = json.loads(out.read_text())
-        row[source] = {k: res.get(k) for k in MEASURES}
+    averaged = json.loads((run / "config.json").read_text())["train"].get("ema", 0) > 0
+    for source in SOURCES:  # a run that keeps a moving average is measured with both its weights
+        for weights in ("auto", "raw") if averaged else ("auto",):
+            key = source if weights == "auto" else f"{source}_raw"
+            out = run / f"eval_{key}.json"
+            if not out.exists():
+                run_bicycle(["eval", "--checkpoint", str(run), "--inputs", str(a.inputs), "--samples", str(a.samples),
+                             "--z-source", source, "--weights", weights, "--json", str(out)], log, a.threads)
+            res = json.loads(out.read_text())
+            row[key] = {k: res.get(k) for k in MEASURES}
     return row
 
 
