@@ -245,3 +245,20 @@ def test_pix2pix_has_no_posterior_to_fit(tmp_path):
     r = invoke("fit-posterior", run, "--device", "cpu", catch=True)
     assert r.exit_code != 0 and "no encoder" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_a_run_stopped_early_has_a_posterior_for_its_latest_checkpoint(tmp_path, monkeypatch):
+    """--z-source auto (the default sampler) finds a mixture fitted for the newest checkpoint of an interrupted run,
+    fitted with the encoder the run samples with (the moving average when kept)."""
+    from bicycle.inference.model import load
+    from bicycle.train import loop
+    from tiny import spy_kl_scales, tiny_config
+
+    cfg = tiny_config(**{"train.steps": 6, "train.checkpoint_every": 100, "train.ema": 0.9})
+    spy_kl_scales(monkeypatch, interrupt_after=3)
+    result = loop.train(cfg, tmp_path / "run", echo=lambda _m: None)
+    assert result.interrupted and result.step == 3
+    model = load(tmp_path / "run", device="cpu")
+    source = model.z_source("auto")
+    assert source.name == "posterior" and source.origin == tmp_path / "run" / "posterior.safetensors"
+    assert model.step == 3

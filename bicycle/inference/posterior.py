@@ -209,11 +209,11 @@ def fit_for_nets(encoder: torch.nn.Module, dataset, device, run_dir: Path, check
             "step": step, "checkpoint": str(checkpoint), "seconds": time.perf_counter() - t0}
 
 
-def fit_after_training(encoder: torch.nn.Module | None, dataset, device, run_dir: Path, checkpoint: Path, step: int,
-                       seed: int, echo: Callable[[str], None]) -> dict | None:
-    """The end of ``bicycle train``: a quick fit (AUTO_POINTS points, AUTO_ITERS iterations) for the final
-    checkpoint, one line echoed. No encoder (pix2pix) or no checkpoint file: nothing; a failure is one
-    line, never the end of a finished run."""
+def fit_at_checkpoint(encoder: torch.nn.Module | None, dataset, device, run_dir: Path, checkpoint: Path, step: int,
+                      seed: int, echo: Callable[[str], None]) -> dict | None:
+    """Each checkpoint of ``bicycle train``: a quick fit (AUTO_POINTS points, AUTO_ITERS iterations) for it. No
+    encoder (pix2pix) or no checkpoint file: nothing; a failure is one line through ``echo``, never the end of a
+    run."""
     if encoder is None or not Path(checkpoint).is_file():
         return None
     try:
@@ -223,7 +223,6 @@ def fit_after_training(encoder: torch.nn.Module | None, dataset, device, run_dir
         echo(f"posterior: not fitted ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
              f"fit it with: bicycle fit-posterior {run_dir}")
         return None
-    echo(summary_line(r) + f" (refit on more points: bicycle fit-posterior {run_dir})")
     return r
 
 

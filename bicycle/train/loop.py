@@ -94,7 +94,9 @@ class _Run:
     state: TrainState
     device: torch.device
     data_files: Any
+    dataset: Any
     batches: Any = None
+    posterior: dict | None = None  # the fit for the newest checkpoint (rank 0)
 
     @property
     def main(self) -> bool:
@@ -126,8 +128,18 @@ class _Run:
         failure = self.coord.agree(failure, step)
         if failure is not None:
             raise failure
+        if path is not None:
+            self.fit_posterior(path, step)
         self.notify("bicycle_train_checkpoint", step=step, path=path, config=self.cfg, run_dir=self.run_dir)
         return path
+
+    def fit_posterior(self, checkpoint: Path, step: int) -> None:
+        """Rank 0: the aggregate posterior of the checkpoint just written (what ``--z-source auto`` samples from),
+        fitted with the encoder the run samples with; a failure is one line, never the end of the run."""
+        from bicycle.inference.posterior import fit_at_checkpoint
+
+        self.posterior = fit_at_checkpoint(self.state.sampling_nets.E, self.dataset, self.device, self.run_dir,
+                                           checkpoint, step, self.cfg.train.seed, self.echo)
 
     def checkpoint_or_divergence(self, step: int, echo: Echo | None = None) -> Divergence | None:
         return _checkpoint_or_divergence(self.checkpoint, step, self.ckpt_dir, echo)
@@ -148,7 +160,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: 
     state = build_state(cfg, registry, device, world=world, ddp_stream=ddp_stream)
     start = _restore(ckpt, state, world, cfg.train.seed, notes)
     log = _open_run_dir(run_dir, world, echo)
-    run = _Run(cfg, run_dir, plugins, coord, log.tee(echo), state, device, data_files)
+    run = _Run(cfg, run_dir, plugins, coord, log.tee(echo), state, device, data_files, dataset)
     run.echo(_banner(cfg, ckpt is not None, start, device, world))
     if run.main:
         with writing(run_dir / "config.json"):
@@ -182,7 +194,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: 
                      "posterior_collapse": collapse.history if collapse else None,
                      "posterior_collapse_warning": collapse.warned if collapse else None}
     if not interrupted and run.main:
-        _final_report(run, val, dataset, step, summary)
+        _final_report(run, val, step, summary)
     elif interrupted:
         run.echo(f"interrupted at step {step}; resume with: bicycle train --resume {run_dir}")
     run.notify("bicycle_train_end", step=step, config=cfg, run_dir=run_dir, interrupted=interrupted)
@@ -281,15 +293,15 @@ def _stop(run: _Run, log: RunLog, diverged: Divergence, step: int) -> None:
     raise TrainingDiverged(message)
 
 
-def _final_report(run: _Run, val, dataset, step: int, summary: dict) -> None:
+def _final_report(run: _Run, val, step: int, summary: dict) -> None:
     """Rank 0, after a finished run: the final grid and oracle report, the aggregate posterior, summary.json."""
-    from bicycle.inference.posterior import fit_after_training
+    from bicycle.inference.posterior import summary_line
 
     with writing(run.run_dir):
         summary.update(final_report(run.cfg, run.state.sampling_nets, val, run.run_dir / "samples", run.device, run.echo))
-        fitted = fit_after_training(run.state.sampling_nets.E, dataset, run.device, run.run_dir,
-                                    run.ckpt_dir / checkpoint_name(step), step, run.cfg.train.seed, run.echo)
-        if fitted is not None:
+        fitted = run.posterior
+        if fitted is not None and fitted["step"] == step:
+            run.echo(summary_line(fitted) + f" (refit on more points: bicycle fit-posterior {run.run_dir})")
             summary["posterior"] = {k: fitted[k] for k in ("path", "components", "points", "log_likelihood")}
         atomic_write_bytes(run.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
