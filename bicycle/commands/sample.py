@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from bicycle.commands.options import weights_option
+from bicycle.inference.posterior import Z_SOURCES
 from bicycle.commands.reporting import reports_errors
 
 
@@ -21,7 +22,7 @@ from bicycle.commands.reporting import reports_errors
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--z-source", type=click.Choice(["auto", "prior", "posterior"]), default="auto", show_default=True,
+@click.option("--z-source", type=click.Choice(Z_SOURCES), default="auto", show_default=True,
               help="random z from N(0, I) (prior, the paper's), from the mixture fitted for this checkpoint (posterior: "
                    "RUN/posterior.safetensors or the one exported weights carry; bicycle fit-posterior RUN), or that "
                    "mixture when there is one, else the prior (auto; the output says which)")

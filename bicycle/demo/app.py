@@ -22,12 +22,12 @@ from PIL import Image
 
 from bicycle.demo.inputs import CANVAS, MAX_UPLOAD_BYTES, Polarity, brush_size, drawing, fill_enclosed, read_upload
 from bicycle.errors import BicycleError
+from bicycle.inference.posterior import Z_SOURCES
 
 MAX_OUTPUTS = 16
 MAX_SLIDERS = 16
 MAX_FRAMES = 24
 SLIDER_RANGE = 3.0
-Z_CHOICES = ("auto", "prior", "posterior")
 CONCURRENCY = 2
 QUEUE_SIZE = 64
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
@@ -88,8 +88,8 @@ class Demo:
     def source(self, choice: str, temperature: float):
         """The :class:`~bicycle.inference.zsource.ZSource` for the page's choice (auto: the posterior fitted for
         this checkpoint when there is one, else the prior, saying why)."""
-        if choice not in Z_CHOICES:
-            raise BicycleError(f"z source must be one of {', '.join(Z_CHOICES)}, got {choice!r}")
+        if choice not in Z_SOURCES:
+            raise BicycleError(f"z source must be one of {', '.join(Z_SOURCES)}, got {choice!r}")
         return self.model.z_source(choice, temperature)
 
     def _input(self, value: object, fill: bool = False) -> Image.Image:
@@ -194,7 +194,7 @@ def build(demo: Demo):
                                   visible=demo.uses_z, elem_id="n")
                     seed = gr.Number(0, precision=0, label="seed", minimum=0, elem_id="seed")
                 with gr.Row(visible=demo.uses_z):
-                    choice = gr.Radio(list(Z_CHOICES), value="auto", label="z source", elem_id="zsource")
+                    choice = gr.Radio(list(Z_SOURCES), value="auto", label="z source", elem_id="zsource")
                     temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 gallery = gr.Gallery(label="outputs (click one to steer it with the sliders)", columns=4,
