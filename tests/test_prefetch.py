@@ -11,6 +11,7 @@ from PIL import Image
 
 import bicycle.train.loop as loop
 from bicycle import io
+from bicycle.build import build_dataset
 from bicycle.data.aligned import AlignedDataset
 from bicycle.data.shapes import ShapesDataset
 from bicycle.plugins import get_plugins
@@ -107,7 +108,7 @@ def test_resume_is_exact_with_a_background_producer(tmp_path, monkeypatch):
     loop.train(io.load_checkpoint(tmp_path / "b").config, tmp_path / "b", resume=True, echo=lambda _m: None)
     one, two = io.load_checkpoint(tmp_path / "a"), io.load_checkpoint(tmp_path / "b")
     assert straight.step == two.step == 4
-    per_epoch = len(loop.build_dataset(cfg, get_plugins().registry, "train")) // cfg.train.batch_size
+    per_epoch = len(build_dataset(cfg, get_plugins().registry, "train")) // cfg.train.batch_size
     assert (int(two.metadata["data_epoch"]), int(two.metadata["data_offset"])) == divmod(4, per_epoch)
     for k, v in one.tensors.items():
         if not k.startswith("rng."):

@@ -299,8 +299,10 @@ def _final_report(run: _Run, val, step: int, summary: dict) -> None:
 
     with writing(run.run_dir):
         summary.update(final_report(run.cfg, run.state.sampling_nets, val, run.run_dir / "samples", run.device, run.echo))
+        if run.posterior is None or run.posterior["step"] != step:  # a resume of a finished run writes no checkpoint
+            run.fit_posterior(run.ckpt_dir / checkpoint_name(step), step)
         fitted = run.posterior
-        if fitted is not None and fitted["step"] == step:
+        if fitted is not None:
             run.echo(summary_line(fitted) + f" (refit on more points: bicycle fit-posterior {run.run_dir})")
             summary["posterior"] = {k: fitted[k] for k in ("path", "components", "points", "log_likelihood")}
         atomic_write_bytes(run.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
