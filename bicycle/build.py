@@ -17,6 +17,7 @@ from bicycle.data.base import DatasetRequest
 from bicycle.errors import BicycleError, ConfigError, DataError, MissingSplitError, PluginError
 from bicycle.models import MODELS
 from bicycle.nets import Nets
+from bicycle.nn.augment import parse_policy
 from bicycle.nn.discriminator import MultiScaleDiscriminator
 from bicycle.nn.encoder import ENCODERS
 from bicycle.registry import DatasetSpec, GeneratorArgs, Registry
@@ -132,6 +133,10 @@ def resolve(cfg: RunConfig, registry: Registry, dataset: object | None = None) -
         raise ConfigError(f"injector {injector.name!r} needs a backbone with decoder injection points; backbone "
                           f"{backbone.name!r} offers none (use --inject all, or a backbone among "
                           f"{', '.join(offered) or 'none'})")
+    try:
+        parse_policy(cfg.net.diffaug)
+    except ValueError as exc:
+        raise ConfigError(f"--diffaug: {exc}") from None
     problem = backbone.check_size(cfg.net.image_size)
     if problem:
         raise ConfigError(problem)
@@ -156,7 +161,8 @@ def build_networks(cfg: RunConfig, registry: Registry, *, inference: bool = Fals
                           f"{type(G).__name__}, not a torch.nn.Module")
 
     def disc() -> MultiScaleDiscriminator:
-        return MultiScaleDiscriminator(n.out_channels, n.image_size, n.ndf, n.d_layers, n.d_scales, n.norm)
+        return MultiScaleDiscriminator(n.out_channels, n.image_size, n.ndf, n.d_layers, n.d_scales, n.norm,
+                                       parse_policy(n.diffaug))
 
     E = ENCODERS[n.encoder](n.out_channels, n.nz, n.image_size, n.nef, n.norm) if model.uses_encoder else None
     if inference:

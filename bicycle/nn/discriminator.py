@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from bicycle.nn.augment import augment
 from bicycle.nn.layers import floor_log2, init_weights, norm_layer
 
 
@@ -36,12 +37,14 @@ class MultiScaleDiscriminator(nn.Module):
     and has ndf // 2**k filters. Scales too small for a 1-layer PatchGAN are dropped; each scale uses
     as many of ``n_layers`` stride-2 layers as its size allows.
 
-    forward: B [N, in, S, S] -> list of logits, one [N, 1, h_k, w_k] per scale.
+    forward: B [N, in, S, S] -> list of logits, one [N, 1, h_k, w_k] per scale. ``augment``: a DiffAugment policy
+    (:mod:`bicycle.nn.augment`) applied to every input in train mode (real and fake alike); () is off.
     """
 
     def __init__(self, in_channels: int, image_size: int, ndf: int = 64, n_layers: int = 3,
-                 scales: int = 2, norm: str = "instance") -> None:
+                 scales: int = 2, norm: str = "instance", augment: tuple[str, ...] = ()) -> None:
         super().__init__()
+        self.augment = augment
         nets = []
         for k in range(scales):
             layers = patch_layers(image_size >> k, n_layers)
@@ -55,6 +58,8 @@ class MultiScaleDiscriminator(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        if self.augment and self.training:
+            x = augment(x, self.augment)
         outs = []
         for k, net in enumerate(self.nets):
             if k:
