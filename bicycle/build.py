@@ -162,7 +162,7 @@ def build_networks(cfg: RunConfig, registry: Registry, *, inference: bool = Fals
 
     def disc() -> MultiScaleDiscriminator:
         return MultiScaleDiscriminator(n.out_channels, n.image_size, n.ndf, n.d_layers, n.d_scales, n.norm,
-                                       parse_policy(n.diffaug))
+                                       parse_policy(n.diffaug), n.spectral_norm)
 
     E = ENCODERS[n.encoder](n.out_channels, n.nz, n.image_size, n.nef, n.norm) if model.uses_encoder else None
     if inference:

@@ -39,10 +39,13 @@ class MultiScaleDiscriminator(nn.Module):
 
     forward: B [N, in, S, S] -> list of logits, one [N, 1, h_k, w_k] per scale. ``augment``: a DiffAugment policy
     (:mod:`bicycle.nn.augment`) applied to every input in train mode (real and fake alike); () is off.
+    ``spectral``: spectral normalization of every convolution (Miyato et al., 2018; one power iteration per call in
+    train mode, its vectors kept as buffers).
     """
 
     def __init__(self, in_channels: int, image_size: int, ndf: int = 64, n_layers: int = 3,
-                 scales: int = 2, norm: str = "instance", augment: tuple[str, ...] = ()) -> None:
+                 scales: int = 2, norm: str = "instance", augment: tuple[str, ...] = (),
+                 spectral: bool = False) -> None:
         super().__init__()
         self.augment = augment
         nets = []
@@ -56,6 +59,9 @@ class MultiScaleDiscriminator(nn.Module):
         self.nets = nn.ModuleList(nets)
         self.down = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
         init_weights(self)
+        if spectral:
+            for conv in [m for m in self.modules() if isinstance(m, nn.Conv2d)]:
+                nn.utils.parametrizations.spectral_norm(conv)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         if self.augment and self.training:

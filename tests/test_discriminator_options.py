@@ -1,4 +1,5 @@
-"""``--diffaug``: differentiable augmentation of D's inputs (colour, translation, cutout), per image, in train mode."""
+"""The discriminators' options: ``--diffaug`` (differentiable augmentation of D's inputs: colour, translation, cutout,
+per image, in train mode) and ``--spectral-norm``."""
 from __future__ import annotations
 
 import pytest
@@ -90,15 +91,47 @@ def test_training_with_diffaug_runs_and_a_bad_policy_is_a_usage_error(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_spectral_norm_holds_each_convolution_near_unit_gain():
+    D = MultiScaleDiscriminator(3, 32, ndf=8, n_layers=2, scales=2, spectral=True).train()
+    x = torch.randn(4, 3, 32, 32)
+    for _ in range(30):  # power iterations, one per call
+        D(x)
+    convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(hasattr(c, "parametrizations") for c in convs)
+    for c in convs:
+        sigma = torch.linalg.matrix_norm(c.weight.detach().flatten(1), ord=2)
+        assert 0.9 < float(sigma) < 1.1
+
+
+def test_spectral_norm_resumes_exactly(tmp_path, monkeypatch):
+    from bicycle import io
+    from bicycle.train import loop
+    from tiny import spy_kl_scales, tiny_config
+
+    cfg = tiny_config(**{"train.steps": 4, "train.checkpoint_every": 100, "net.spectral_norm": True})
+    straight = loop.train(cfg, tmp_path / "a", echo=lambda _m: None)
+    spy_kl_scales(monkeypatch, interrupt_after=2)
+    assert loop.train(cfg, tmp_path / "b", echo=lambda _m: None).interrupted
+    monkeypatch.undo()
+    loop.train(io.load_checkpoint(tmp_path / "b").config, tmp_path / "b", resume=True, echo=lambda _m: None)
+    one, two = io.load_checkpoint(tmp_path / "a"), io.load_checkpoint(tmp_path / "b")
+    assert straight.step == two.step == 4
+    assert any("parametrizations.weight.0._u" in k for k in one.tensors)
+    for k, v in one.tensors.items():
+        if not k.startswith("rng."):
+            assert torch.equal(two.tensors[k], v), k
+
+
 @pytest.mark.gpu
-def test_gpu_augmentation_is_drawn_anew_at_every_replay():
+def test_gpu_augmentation_and_spectral_norm_under_replay():
     from bicycle.build import build_dataset, resolve
     from bicycle.plugins import get_plugins
     from bicycle.train.graph import GraphedStep
     from bicycle.train.state import build_state
     from tiny import tiny_config
 
-    cfg = tiny_config(**{"net.image_size": 64, "train.impl": "auto", "net.diffaug": "color,translation,cutout"})
+    cfg = tiny_config(**{"net.image_size": 64, "train.impl": "auto", "net.diffaug": "color,translation,cutout",
+                         "net.spectral_norm": True})
     reg = get_plugins().registry
     ds = build_dataset(cfg, reg, "train")
     cfg = resolve(cfg, reg, ds)
