@@ -35,3 +35,21 @@ def test_a_check_task_is_run_as_a_user_would_recorded_and_then_refused(tmp_path,
     assert q.main(args) == 2  # looked at once
     assert "were looked at already" in capsys.readouterr().err
     assert json.loads((tmp_path / "ledger.json").read_text()) == ledger
+
+
+def test_the_diagnosis_gives_continuous_signals_for_a_calibration_run(tmp_path, capsys):
+    from click.testing import CliRunner
+
+    from bicycle.cli import main
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--data", "procedural:3", "--image-size", "32", "--steps", "2", "--ngf", "8",
+                                  "--nef", "8", "--ndf", "8", "--batch-size", "2", "--checkpoint-every", "2",
+                                  "--sample-every", "100", "--impl", "ref", "--ema", "0.9", "--run-dir", str(run)])
+    assert r.exit_code == 0, r.output
+    spec = importlib.util.spec_from_file_location("quality_diagnose", ROOT / "experiments" / "quality" / "diagnose.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    row = module.main([str(run), "--inputs", "4", "--samples", "2", "--weights", "raw"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == row
+    assert row["weights"] == "raw" and 0 <= row["valid_rate"] <= 1 and 0 <= row["encoded_same_mode"] <= 1
+    assert isinstance(row["texture"], float) and isinstance(row["encoded_texture"], float)
