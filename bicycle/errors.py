@@ -1,5 +1,5 @@
 """Error types. Every user-facing error names the thing that is wrong; the CLI prints it as one line
-and exits with the class's ``exit_code`` (the table in the README)."""
+and exits with the class's ``exit_code`` (the table in docs/reliability.md)."""
 
 # Exit codes besides the errors' own: a run stopped by Ctrl-C (SIGINT) or SIGTERM, as shells report them.
 EXIT_INTERRUPTED = 130

@@ -27,7 +27,7 @@ ACTIVE_KL = 0.05  # nats; a dimension below carries (almost) nothing about B
 MIN_ACTIVE = 1
 ENCODED_RATIO = 0.95
 REMEDY = ("remedies: --kl-free-bits 0.1 (a KL floor per dimension), a smaller --lambda-kl, or --kl-warmup 0.3 "
-          "(README: \"Posterior collapse\")")
+          "(docs/training.md: \"Posterior collapse\")")
 
 
 @dataclass(frozen=True)

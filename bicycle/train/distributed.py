@@ -3,7 +3,7 @@
 ``torchrun --nproc-per-node N -m bicycle train ...`` starts N processes; each reads its rank from
 torchrun's environment (:func:`world_from_env`), joins the process group (gloo on CPU, NCCL on CUDA,
 :func:`init`), trains on its shard of every global batch and wraps G, E, D, D2 in DDP (:func:`wrap`).
-What a step computes is pinned in README "More than one process" and tests/test_distributed.py.
+What a step computes is pinned in docs/torchrun.md and tests/test_distributed.py.
 
 Host-side decisions (stop, divergence, a failed checkpoint) go through a gloo group on every device,
 so deciding never synchronises a GPU stream.
