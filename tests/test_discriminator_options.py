@@ -124,19 +124,11 @@ def test_spectral_norm_resumes_exactly(tmp_path, monkeypatch):
 
 @pytest.mark.gpu
 def test_gpu_augmentation_and_spectral_norm_under_replay():
-    from bicycle.build import build_dataset, resolve
-    from bicycle.plugins import get_plugins
     from bicycle.train.graph import GraphedStep
-    from bicycle.train.state import build_state
-    from tiny import tiny_config
+    from tiny import tiny_state
 
-    cfg = tiny_config(**{"net.image_size": 64, "train.impl": "auto", "net.diffaug": "color,translation,cutout",
-                         "net.spectral_norm": True})
-    reg = get_plugins().registry
-    ds = build_dataset(cfg, reg, "train")
-    cfg = resolve(cfg, reg, ds)
-    a, b = (t.cuda() for t in ds.get_batch([0, 1, 2, 3]))
-    state = build_state(cfg, reg, "cuda")
+    state, a, b, cfg = tiny_state("cuda", **{"net.image_size": 64, "train.impl": "auto",
+                                            "net.diffaug": "color,translation,cutout", "net.spectral_norm": True})
     g = GraphedStep(state, tuple(a.shape), tuple(b.shape), cfg.net.nz, "cuda", warmup=1)
     for _ in range(2):
         g.step(a, b)

@@ -11,14 +11,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import bicycle
-from bicycle.build import build_dataset, resolve
 from bicycle.cli import main
 from bicycle.errors import CheckpointError
-from bicycle.plugins import get_plugins
 from bicycle.train.ema import WeightAverage, decay_at
 from bicycle.train.graph import GraphedStep
-from bicycle.train.state import build_state
-from tiny import tiny_config
+from tiny import tiny_state
 
 TINY = ["--image-size", "32", "--batch-size", "4", "--ngf", "8", "--nef", "8", "--ndf", "8", "--device", "cpu",
         "--impl", "ref", "--checkpoint-every", "6", "--sample-every", "6", "--log-every", "6"]
@@ -30,12 +27,7 @@ def _cli(*args: str):
 
 
 def _state(**over):
-    cfg = tiny_config(**over)
-    reg = get_plugins().registry
-    ds = build_dataset(cfg, reg, "train")
-    cfg = resolve(cfg, reg, ds)
-    a, b = ds.get_batch([0, 1, 2, 3])
-    return build_state(cfg, reg, "cpu"), a, b, cfg
+    return tiny_state("cpu", **over)
 
 
 def test_the_warm_up_follows_the_live_weights_early_and_the_decay_later():
@@ -150,12 +142,7 @@ def test_a_decay_outside_zero_to_one_is_refused_before_training(value, tmp_path)
 @pytest.mark.gpu
 def test_gpu_the_replayed_step_updates_the_averages_as_the_eager_step():
     """The average's weight is a device tensor refilled before each replay; the update is captured with the step."""
-    cfg = tiny_config(**{"net.image_size": 64, "train.impl": "auto", "train.ema": 0.5})
-    reg = get_plugins().registry
-    ds = build_dataset(cfg, reg, "train")
-    cfg = resolve(cfg, reg, ds)
-    a, b = (t.cuda() for t in ds.get_batch([0, 1, 2, 3]))
-    state = build_state(cfg, reg, "cuda")
+    state, a, b, cfg = tiny_state("cuda", **{"net.image_size": 64, "train.impl": "auto", "train.ema": 0.5})
     g = GraphedStep(state, tuple(a.shape), tuple(b.shape), cfg.net.nz, "cuda", warmup=1)
     for i in range(3):
         g.set_ema_step(i)

@@ -33,3 +33,17 @@ def spy_kl_scales(monkeypatch, interrupt_after: int | None = None) -> list[float
 
     monkeypatch.setattr(graph, "train_step", step)
     return seen
+
+
+def tiny_state(device: str = "cpu", **overrides):
+    """(TrainState, A, B, resolved config) for ``tiny_config(**overrides)``, with one batch of 4 on ``device``."""
+    from bicycle.build import build_dataset, resolve
+    from bicycle.plugins import get_plugins
+    from bicycle.train.state import build_state
+
+    cfg = tiny_config(**overrides)
+    reg = get_plugins().registry
+    ds = build_dataset(cfg, reg, "train")
+    cfg = resolve(cfg, reg, ds)
+    a, b = (t.to(device) for t in ds.get_batch([0, 1, 2, 3]))
+    return build_state(cfg, reg, device), a, b, cfg
