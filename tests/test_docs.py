@@ -118,8 +118,8 @@ def test_the_link_check_catches_a_missing_file_and_a_missing_anchor(tmp_path):
 def test_slugs_follow_github():
     assert slug("Which weights (`--weights`)") == "which-weights---weights"
     assert slug("The paper's ablation") == "the-papers-ablation"
-    assert slug("Defaults on unseen data (`benchmarks/generalization.py`)") == \
-        "defaults-on-unseen-data-benchmarksgeneralizationpy"
+    assert slug("Defaults on unseen data (`experiments/generalization/generalization.py`)") == \
+        "defaults-on-unseen-data-experimentsgeneralizationgeneralizationpy"
 
 
 def test_no_lab_notebook_in_the_code_or_the_user_docs():
