@@ -1,4 +1,4 @@
-"""The benchmark scripts end to end at toy budgets. ablation.py: every model trains, is evaluated and
+"""The study scripts (experiments/) end to end at toy budgets. ablation.py: every model trains, is evaluated and
 lands in the table, the targets block is computed from the records, and a second call reuses the
 records. quality_gpu.py (the 128-px target, meant for a GPU) runs through on the CPU."""
 from __future__ import annotations
@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPT = BENCH / "ablation.py"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "ablation" / "ablation.py"
+GENERALIZATION = ROOT / "experiments" / "generalization"
 
 
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -38,7 +39,7 @@ def test_ablation_runs_every_model_and_reuses_records(tmp_path):
 
 def test_quality_gpu_script_runs_and_reports_unmet_targets_honestly(tmp_path):
     out = tmp_path / "q.json"
-    cmd = [sys.executable, str(BENCH / "quality_gpu.py"), "--device", "cpu", "--steps", "2", "--width", "8",
+    cmd = [sys.executable, str(ROOT / "experiments" / "quality_gpu" / "quality_gpu.py"), "--device", "cpu", "--steps", "2", "--width", "8",
            "--inputs", "2", "--samples", "2", "--run-dir", str(tmp_path / "run"), "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -50,7 +51,7 @@ def test_quality_gpu_script_runs_and_reports_unmet_targets_honestly(tmp_path):
 
 def _bench_module(name: str = "attribute_probe"):
     import importlib.util
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, GENERALIZATION / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -75,7 +76,7 @@ def test_the_attribute_probe_runs_on_a_trained_variant_run_and_on_its_trajectory
                            capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-2000:]
     out = tmp_path / "probe.json"
-    done = subprocess.run([sys.executable, str(BENCH / "attribute_probe.py"), str(run), "--train", "40", "--val", "20",
+    done = subprocess.run([sys.executable, str(GENERALIZATION / "attribute_probe.py"), str(run), "--train", "40", "--val", "20",
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     r = json.loads(out.read_text())
@@ -91,7 +92,7 @@ def test_the_attribute_probe_runs_on_a_trained_variant_run_and_on_its_trajectory
     assert all(len(row) == len(lines["t"]) and all(sum(h) <= 20 for h in row) for row in lines["drawn"].values())
     ckpts = sorted((run / "checkpoints").glob("step_*.safetensors"))
     assert len(ckpts) == 2
-    both = subprocess.run([sys.executable, str(BENCH / "attribute_probe.py"), *map(str, ckpts), "--train", "40",
+    both = subprocess.run([sys.executable, str(GENERALIZATION / "attribute_probe.py"), *map(str, ckpts), "--train", "40",
                            "--val", "20", "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert both.returncode == 0, both.stderr[-2000:]
     assert [t["step"] for t in json.loads(out.read_text())] == [1, 2]
@@ -109,7 +110,7 @@ def test_the_oracle_code_is_one_hot_fill_then_background_and_the_script_trains_e
     assert torch.equal(z[:, :4].argmax(1), fills) and torch.equal(z[:, 4:7].argmax(1), bgs)
     assert torch.equal(z.sum(1), torch.full((20,), 2.0)) and not z[:, 7].any()
     out = tmp_path / "oracle.json"
-    done = subprocess.run([sys.executable, str(BENCH / "oracle_code.py"), "--data", "shapes-unequal", "--image-size",
+    done = subprocess.run([sys.executable, str(GENERALIZATION / "oracle_code.py"), "--data", "shapes-unequal", "--image-size",
                            "32", "--steps", "2", "--checks", "2", "--set", "optim.lr=0.002", "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,5 +1,5 @@
 """``bicycle convert-original``: the original BicycleGAN's state dicts (tests/fixtures/original, written by
-benchmarks/original_fixtures.py from the original's own models/networks.py) -> bicycle runs that compute
+tools/original_fixtures.py from the original's own models/networks.py) -> bicycle runs that compute
 what the original computes."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "original"
 # The fixtures' outputs were computed by the original's code on one CPU; on another the original's own outputs
 # differ from them by up to 4.3e-5 (g_unet_256_all_bilinear: ngf 1, so instance norms over single channels amplify
 # float-order rounding), while ours equal the original's bit for bit on the same machine (measured 2026-12-02 by
-# rerunning benchmarks/original_fixtures.py). A layout or mapping error moves the outputs by ~0.1.
+# rerunning tools/original_fixtures.py). A layout or mapping error moves the outputs by ~0.1.
 TOL = 1e-4
 G_FIXTURES = [f"g_{n}_{w}_{u}" for n in ("unet_128", "unet_256") for w in ("input", "all") for u in ("basic", "bilinear")]
 

@@ -55,7 +55,7 @@ def test_every_capture_runs_in_thread_local_error_mode(monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph", lambda graph, **kw: seen.update(kw) or "ctx")
     assert capturing("g") == "ctx" and seen == {"capture_error_mode": "thread_local"} == {"capture_error_mode": CAPTURE_ERROR_MODE}
     root = Path(__file__).resolve().parents[1]
-    direct = [f"{p.relative_to(root)}:{i}" for folder in ("bicycle", "kernels", "benchmarks", "tests", "plugins")
+    direct = [f"{p.relative_to(root)}:{i}" for folder in ("bicycle", "kernels", "benchmarks", "experiments", "tools", "tests", "plugins")
               for p in (root / folder).rglob("*.py") if p.name != "test_graph.py"
               for i, line in enumerate(p.read_text().splitlines(), 1)
               if "torch.cuda.graph(" in line and not line.lstrip().startswith(('"', "#", "return torch.cuda.graph("))]

@@ -1,7 +1,7 @@
 """LPIPS and FID arithmetic against independent straightforward computations, with tiny generated networks
 saved to safetensors; weight-file checks; ``bicycle eval --lpips-weights/--inception-weights``.
 Parity with the published lpips 0.1 / pytorch-fid packages is not tested here (they are not dependencies): see
-benchmarks/perceptual_parity.py and benchmarks/results/perceptual_parity_20261201.json."""
+tools/perceptual_parity.py and tools/results/perceptual_parity_20261201.json."""
 from __future__ import annotations
 
 import json

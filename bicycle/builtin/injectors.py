@@ -37,8 +37,8 @@ class DecoderFilmInjector(ConcatInjector):
 
     Why: a tiled z concatenated before a conv adds a per-channel constant that the instance norm after the conv
     removes, so the decoder would see z only through the spatial patterns of the innermost level; a colour z
-    picks for a region G must find itself (outline inputs) has to be rebuilt from those (benchmarks/README.md,
-    "Where the fill is lost"). The modulation sits after each up block's norm, so no norm undoes it.
+    picks for a region G must find itself (outline inputs) has to be rebuilt from those (experiments/generalization/
+    README.md, "Where the fill is lost"). The modulation sits after each up block's norm, so no norm undoes it.
     """
 
     def __init__(self, points: Sequence[InjectionPoint], nz: int) -> None:

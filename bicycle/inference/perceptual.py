@@ -13,8 +13,8 @@ FID (``bicycle-fid/1``): features -> Gaussian fit (mean, unbiased covariance) of
   2048-d; like pytorch-fid, the image is resized bilinearly to 299x299 in [0, 1], then scaled to [-1, 1]).
 
 Numerical parity with the published packages was verified on the CPU with lpips 0.1.4 and pytorch-fid
-0.3.0 (torch 2.14.1, torchvision 0.29.1) by ``benchmarks/perceptual_parity.py``, result in
-``benchmarks/results/perceptual_parity_20261201.json``: both sides given the same weights (lpips' shipped
+0.3.0 (torch 2.14.1, torchvision 0.29.1) by ``tools/perceptual_parity.py``, result in
+``tools/results/perceptual_parity_20261201.json``: both sides given the same weights (lpips' shipped
 ``alex.pth`` linear layers over a seeded random AlexNet; a seeded random Inception state dict with
 pytorch-fid's key set), exported to safetensors and read by ``load_lpips``/``load_inception``. LPIPS
 features and distances (64/128 px, RGB and gray) and pool3 features (299/128/64 px) agree to 1e-5
@@ -370,7 +370,7 @@ class FIDInceptionV3(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # pytorch-fid's order of operations: resize the image in [0, 1], then scale to [-1, 1]. Resizing in
         # [-1, 1] is the same arithmetic but rounds differently (up to 2.7e-7 at the input), which the seeded
-        # random Inception of benchmarks/perceptual_parity.py amplified to 9e-5 in pool3 features.
+        # random Inception of tools/perceptual_parity.py amplified to 9e-5 in pool3 features.
         x = F.interpolate((to_rgb(x).float() + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False)
         x = 2 * x - 1
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))

@@ -7,7 +7,7 @@ which needs no compiled extension)::
 
     python3 -m venv /tmp/parity-venv
     /tmp/parity-venv/bin/pip install torch==2.14.1 torchvision lpips pytorch-fid scipy numpy pillow safetensors pluggy
-    /tmp/parity-venv/bin/python benchmarks/perceptual_parity.py --json benchmarks/results/perceptual_parity_<date>.json
+    /tmp/parity-venv/bin/python tools/perceptual_parity.py --json tools/results/perceptual_parity_<date>.json
 
 Nothing is downloaded: any call to ``torch.hub.load_state_dict_from_url`` raises.
 - LPIPS: lpips' own shipped linear-layer weights (``lpips/weights/v0.1/alex.pth``, the real calibrated ones) with a

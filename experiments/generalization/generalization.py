@@ -3,7 +3,7 @@
 time, as subprocesses. Used for the calibration of the defaults on the variant family and, once, for the
 held-out ``shapes-outline`` report.
 
-    python benchmarks/generalization.py --data shapes-unequal --seeds 0 --out benchmarks/results/generalization \\
+    python experiments/generalization/generalization.py --data shapes-unequal --seeds 0 --out experiments/generalization/results \\
         [--label NAME] [--threads 2] [-- extra train flags]
 
 Each run leaves ``OUT/runs/<label>-<data>-s<seed>/`` and its ``record.json`` (reused unless ``--fresh``); the
@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/generalization"))
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--label", default="defaults")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--inputs", type=int, default=100)

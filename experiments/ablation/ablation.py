@@ -3,7 +3,7 @@ BicycleGAN trained with the demo preset and the same budget, several seeds, eval
 `bicycle eval`'s measures; plus the demo's own target over its seeds (the demo preset *is* the
 bicycle model). Writes JSON, a Markdown table and a picture.
 
-    python benchmarks/ablation.py --out benchmarks/results/ablation [--seeds 0 1] [--demo-seeds 0 1 2] [--jobs 2]
+    python experiments/ablation/ablation.py [--out experiments/ablation/results] [--seeds 0 1] [--demo-seeds 0 1 2] [--jobs 2]
 
 Each (model, seed) run is its own process (``--jobs`` at a time, the machine's cores shared among
 them) and leaves ``runs/<model>-s<seed>/record.json`` (and its output in ``train.log``); a record already there is reused unless
@@ -26,6 +26,8 @@ from PIL import Image, ImageDraw
 
 from bicycle.bench.common import git_commit
 from bicycle.models import MODELS as SPECS
+
+HERE = Path(__file__).resolve().parent
 
 MODELS = ["pix2pix", "cae-gan", "cvae-gan", "clr-gan", "bicycle"]
 MEASURES = ["valid_rate", "modes_per_input", "modes_fraction_of_ideal", "mode_jsd", "encoded_mode_rate",
@@ -188,7 +190,8 @@ def picture(blocks: list[tuple[str, Image.Image]]) -> Image.Image:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation"))
+    p.add_argument("--out", type=Path, default=HERE / "results",
+                   help="default: results/ beside this script")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every model")
     p.add_argument("--demo-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the demo (bicycle) target")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time; the cores are shared among them")

@@ -2,7 +2,7 @@
 (prior N(0, t^2 I); posterior: the mixture's covariances x t^2), for one or more trained runs, drawn as valid
 rate against distinct modes per input.
 
-    python benchmarks/temperature_sweep.py RUN [RUN ...] --out benchmarks/results/temperature_sweep
+    python experiments/temperature_sweep/temperature_sweep.py RUN [RUN ...] --out experiments/temperature_sweep/results
 
 Writes ``OUT/sweep.json`` (every run's measures and the median over runs per source and t) and
 ``OUT/sweep.png`` (the medians; one line per source, each point labelled with its t; the ideal number of
@@ -88,7 +88,7 @@ def draw(result: dict, path: Path, size: tuple[int, int] = (720, 480)) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", type=Path, nargs="+")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/temperature_sweep"))
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES))
     p.add_argument("--inputs", type=int, default=100)
     p.add_argument("--samples", type=int, default=20)

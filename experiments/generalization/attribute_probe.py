@@ -18,7 +18,7 @@ there (a histogram per t; t = 1 is f's own mean). Chance is 1 / (number of value
 Several checkpoints (e.g. a run trained with ``--keep-checkpoints 10``) give the run's trajectory: one result per
 checkpoint, in the order given (``--json`` then writes a list).
 
-    python benchmarks/attribute_probe.py RUN_DIR_OR_CHECKPOINT... [--train 600] [--val 300] [--json OUT]
+    python experiments/generalization/attribute_probe.py RUN_DIR_OR_CHECKPOINT... [--train 600] [--val 300] [--json OUT]
 """
 from __future__ import annotations
 

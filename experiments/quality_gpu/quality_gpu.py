@@ -3,7 +3,7 @@ batch 8, the paper's widths 64, otherwise the demo preset), trained for at most 
 `bicycle eval` (M = 100, N = 20). Target: valid_rate >= 0.9 and >= 75% of the ideal modes per input.
 Wall time of the training is recorded; the JSON names the device, the commit and the budget.
 
-    python benchmarks/quality_gpu.py --device cuda --out $OUT/quality_128.json [--steps 5000] [--time-limit 420]
+    python experiments/quality_gpu/quality_gpu.py --device cuda --out $OUT/quality_128.json [--steps 5000] [--time-limit 420]
 
 ``--time-limit`` stops training between steps (with a checkpoint) when the device budget runs out; the
 JSON then says how many steps were reached, and the target counts as unmet.

@@ -1,7 +1,7 @@
 """Fixtures for ``bicycle convert-original``: the original BicycleGAN's networks, randomly initialised
 (seeded), their state dicts as the original saves them, and their outputs, in safetensors.
 
-    python benchmarks/original_fixtures.py --original /path/to/BicycleGAN --out tests/fixtures/original
+    python tools/original_fixtures.py --original /path/to/BicycleGAN --out tests/fixtures/original
 
 ``--original`` is a checkout of https://github.com/junyanz/BicycleGAN (only ``models/networks.py`` is
 imported, from that path; it imports nothing but torch and the standard library). The original's code

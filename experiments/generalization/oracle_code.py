@@ -9,13 +9,13 @@
 Both use the run's Adam settings (lr, betas) and ``--batch`` images per update: 1 is what each network sees per
 step in the demo recipe above 32 px (batch 2 = one encoded + one random image). If G learns the attributes in a
 few hundred updates and E takes many more, the code, not the generator, is the slow side of a full run
-(benchmarks/README.md, "Which values G loses, and when"). Not a CI test.
+(experiments/generalization/README.md, "Which values G loses, and when"). Not a CI test.
 
-    python benchmarks/oracle_code.py --data shapes-unequal [--image-size 128] [--nets g e] [--batch 1]
+    python experiments/generalization/oracle_code.py --data shapes-unequal [--image-size 128] [--nets g e] [--batch 1]
         [--steps 900] [--checks 4] [--inject NAME] [--beta1 B] [--set KEY=VALUE ...] [--json OUT]
 
 The recipe is the demo preset at ``--image-size`` (at 128 px lr 2e-3 since 2026-12-02; every record in
-results/generalization/oracle128/ was made before, at 1e-3 unless its ``set`` says otherwise; new results record their lr).
+experiments/generalization/results/oracle128/ was made before, at 1e-3 unless its ``set`` says otherwise; new results record their lr).
 
 ``--set optim.beta2=0.99`` (repeatable) overrides any config key of the recipe (the value read as JSON, else
 as a string).
