@@ -47,11 +47,9 @@ def load(path: str | Path, device: str = "auto", weights: str = "auto") -> Model
 
     ckpt, nets, dev = load_model(path, device, weights)
     embedded = embedded_posterior(ckpt.tensors, ckpt.path) if ckpt.weights_only else None
-    model = Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path, weights_only=ckpt.weights_only,
-                  posterior=embedded)
-    model.weights = pick_weights(ckpt, weights)
-    model.weights_note = describe_weights(ckpt, model.weights)
-    return model
+    chosen = pick_weights(ckpt, weights)
+    return Model(nets, ckpt.config, dev, step=ckpt.step, path=ckpt.path, weights_only=ckpt.weights_only,
+                 posterior=embedded, weights=chosen, weights_note=describe_weights(ckpt, chosen))
 
 
 def to_pil(t: Tensor) -> Image.Image:
@@ -64,11 +62,12 @@ class Model:
     """A trained BicycleGAN (or baseline) for inference. ``nets``: G (and E when the model has one)."""
 
     def __init__(self, nets: Nets, config: RunConfig, device: torch.device, step: int = 0,
-                 path: Path | None = None, weights_only: bool = False, posterior=None) -> None:
+                 path: Path | None = None, weights_only: bool = False, posterior=None, weights: str = "raw",
+                 weights_note: str = "") -> None:
         self.nets, self.config, self.device, self.step, self.path = nets, config, device, step, path
         self.weights_only = weights_only  # exported weights (bicycle export): the posterior, if any, is inside
-        self.weights = "raw"  # "ema": the moving averages of G and E (set by :func:`load`)
-        self.weights_note = ""
+        self.weights = weights  # "ema": the moving averages of G and E; "raw": the weights as trained
+        self.weights_note = weights_note  # one line for the user: which weights translate
         self._embedded = posterior  # the mixture exported weights carry
         self._posterior, self._posterior_origin = posterior, path  # None: read from the run dir when first asked for
         for _, m in nets.items():
