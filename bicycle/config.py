@@ -19,7 +19,7 @@ from bicycle.errors import ConfigError
 
 MODELS = ("bicycle", "pix2pix", "cae-gan", "cvae-gan", "clr-gan")
 NORMS = ("instance", "batch", "none")
-UPSAMPLES = ("basic", "bilinear")
+UPSAMPLES = ("basic", "bilinear", "nearest")
 ENCODERS = ("resnet", "conv")
 GAN_MODES = ("lsgan", "vanilla")
 DIRECTIONS = ("AtoB", "BtoA")

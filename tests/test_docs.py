@@ -122,6 +122,49 @@ def test_slugs_follow_github():
         "defaults-on-unseen-data-experimentsgeneralizationgeneralizationpy"
 
 
+# A repository path named in the docs' text ("`bicycle/train/loop.py`", "experiments/quality/README.md"): it must exist;
+# a glob (*) must match at least one file, and each of a brace list's names ({a,b}) exist. Outputs that bicycle writes when run are named, not shipped.
+REPO_PATH = re.compile(r"(?<![\w./$-])((?:bicycle|kernels|experiments|benchmarks|tools|tests|docs|examples)/[\w./*{},-]*[\w/*}])")
+WRITTEN_WHEN_RUN = {"benchmarks/REVISION.json": "gpu_prepare.sh writes it",
+                    "benchmarks/results/gpu_check_*.json": "the GPU check writes it on a GPU machine"}
+
+
+def expand(pattern: str) -> list[str]:
+    """``a{1,2}b`` -> [a1b, a2b] (one level of braces, as the shell)."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if not match:
+        return [pattern]
+    return [x for part in match.group(1).split(",") for x in expand(pattern[:match.start()] + part +
+                                                                     pattern[match.end():])]
+
+
+def missing_paths(path: Path) -> list[str]:
+    problems = []
+    for found in REPO_PATH.findall(path.read_text()):
+        name = found.rstrip(".,")
+        if name in WRITTEN_WHEN_RUN:
+            continue
+        if not all(any(ROOT.glob(p)) if "*" in p else (ROOT / p).exists() for p in expand(name)):
+            problems.append(f"{shown(path)}: {name} is not in the repository")
+    return problems
+
+
+@pytest.mark.parametrize("path", user_docs(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_repository_path_the_docs_name_exists(path):
+    problems = missing_paths(path)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_path_check_catches_a_moved_file(tmp_path):
+    probe = tmp_path / "probe.md"
+    probe.write_text("See `bicycle/train/loop.py`, bicycle/no_such_module.py, experiments/*/README.md and "
+                     "benchmarks/results/kernels_cpu_20261126_2threads_run{1,2}.json but not "
+                     "benchmarks/results/kernels_cpu_20261126_2threads_run{1,9}.json.\n")
+    problems = "\n".join(missing_paths(probe))
+    assert "bicycle/no_such_module.py" in problems and "loop.py" not in problems
+    assert "README.md" not in problems and "run{1,2}" not in problems and "run{1,9}" in problems
+
+
 def test_no_lab_notebook_in_the_code_or_the_user_docs():
     hits = notebook_lines()
     assert not hits, "history belongs in CHANGELOG.md or experiments/*/README.md:\n" + "\n".join(hits)

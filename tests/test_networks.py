@@ -77,7 +77,7 @@ def test_all_film_is_all_plus_a_decoder_modulation_that_starts_near_identity():
         assert moved[0].abs().max() == 0 and moved[1].abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("upsample", ["basic", "bilinear"])
+@pytest.mark.parametrize("upsample", ["basic", "bilinear", "nearest"])
 @pytest.mark.parametrize("norm", ["instance", "batch", "none"])
 def test_generator_options(norm, upsample):
     reg = _registry()

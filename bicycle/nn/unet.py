@@ -15,11 +15,13 @@ from bicycle.registry import GeneratorArgs, InjectionPoint, InjectorSpec
 
 
 def _upsample(kind: str, cin: int, cout: int) -> list[nn.Module]:
+    """x2 up-sampling: a 4x4 stride-2 transposed conv ("basic"), or a resize-convolution ("bilinear", "nearest":
+    resize, reflection pad, 3x3 conv), which has no uneven overlap and so no checkerboard (Odena et al., 2016)."""
     if kind == "basic":
         return [nn.ConvTranspose2d(cin, cout, 4, 2, 1)]
-    if kind == "bilinear":
-        return [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3, 1, 0)]
+    if kind in ("bilinear", "nearest"):
+        resize = nn.Upsample(scale_factor=2, mode=kind, **({"align_corners": False} if kind == "bilinear" else {}))
+        return [resize, nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3, 1, 0)]
     raise ValueError(f"unknown upsample {kind!r}")
 
 
