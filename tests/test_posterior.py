@@ -11,8 +11,8 @@ from click.testing import CliRunner
 import bicycle
 from bicycle.cli import main
 from bicycle.errors import CheckpointError, ConfigError
-from bicycle.inference.posterior import (FORMAT, GaussianMixture, fit_gmm, fit_gmm_report, load_posterior, posterior_path,
-                               read_posterior, save_posterior)
+from bicycle.inference.posterior import (FORMAT, GaussianMixture, aggregate_mixture, fit_gmm, fit_gmm_report,
+                                         load_posterior, posterior_path, read_posterior, save_posterior)
 
 TINY = ["--image-size", "32", "--ngf", "8", "--nef", "8", "--ndf", "8", "--batch-size", "4", "--steps", "4",
         "--log-every", "2", "--sample-every", "4", "--checkpoint-every", "4", "--impl", "ref"]
@@ -93,6 +93,35 @@ def test_the_file_round_trips_and_a_stale_one_is_refused(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no temporary left
 
 
+def test_the_aggregate_posterior_is_each_codes_gaussian_and_samples_stay_on_the_codes():
+    """Two separated modes' codes: the aggregate posterior never draws between them (a one-component fit over
+    the same means centres on the gap); its components are the codes' own N(mu_i, sigma_i^2)."""
+    g = torch.Generator().manual_seed(0)
+    mu = torch.cat([torch.full((50, 2), -3.0), torch.full((50, 2), 3.0)]).double()
+    logvar = torch.full((100, 2), 2 * torch.log(torch.tensor(0.1)).item(), dtype=torch.float64)
+    agg = aggregate_mixture(mu, logvar)
+    assert agg.k == 100 and torch.allclose(agg.weights, torch.full((100,), 0.01, dtype=torch.float64))
+    assert torch.allclose(agg.covariances[7], torch.diag(torch.tensor([0.01, 0.01], dtype=torch.float64)))
+    z = agg.sample(2000, g)
+    assert (z.abs() > 2.5).all() and 0.4 < float((z[:, 0] > 0).float().mean()) < 0.6
+    one = fit_gmm(mu, 1)
+    assert float(one.sample(2000, g)[:, 0].abs().lt(1.0).float().mean()) > 0.15
+
+
+def test_the_aggregate_posterior_of_a_collapsed_encoder_is_the_prior():
+    """mu 0, sigma 1 for every image (a collapsed encoder): codes still spread as N(0, I), so outputs vary with z."""
+    agg = aggregate_mixture(torch.zeros(200, 8, dtype=torch.float64), torch.zeros(200, 8, dtype=torch.float64))
+    z = agg.sample(20_000, torch.Generator().manual_seed(1))
+    assert abs(float(z.std()) - 1.0) < 0.03 and abs(float(z.mean())) < 0.03
+
+
+def test_aggregate_mixture_refuses_bad_codes():
+    with pytest.raises(ConfigError, match="NaN or inf"):
+        aggregate_mixture(torch.tensor([[float("nan"), 0.0]]), torch.zeros(1, 2))
+    with pytest.raises(ConfigError, match=r"\[M, nz\]"):
+        aggregate_mixture(torch.zeros(3, 2), torch.zeros(3, 4))
+
+
 # -- a tiny trained run --------------------------------------------------------------------------------
 
 
@@ -121,7 +150,20 @@ def fitted(run: Path) -> Path:
 
 def test_fit_posterior_cli_writes_the_file_for_the_newest_checkpoint(fitted):
     mix, meta = read_posterior(fitted / "posterior.safetensors")
-    assert mix.k == 4 and mix.nz == 8 and meta["points"] == "200"
+    assert mix.k == 4 and mix.nz == 8 and meta["points"] == "200" and meta["kind"] == "gmm"
+
+
+def test_training_and_fit_posterior_keep_the_aggregate_posterior_by_default(run, tmp_path):
+    summary = json.loads((run / "summary.json").read_text())["posterior"]
+    assert summary["kind"] == "aggregate" and summary["components"] == summary["points"]
+    copy = tmp_path / "run"
+    import shutil
+    shutil.copytree(run, copy)
+    r = invoke("fit-posterior", copy, "--points", "30", "--device", "cpu")
+    assert r.exit_code == 0 and "the aggregate posterior of 30 encoded ground truths" in r.output, r.output
+    mix, meta = read_posterior(copy / "posterior.safetensors")
+    assert mix.k == 30 and meta["kind"] == "aggregate" and meta["points"] == "30"
+    assert torch.equal(mix.covariances[0], torch.diag(torch.diagonal(mix.covariances[0])))  # diagonal, per image
 
 
 def test_sample_with_the_posterior_says_so_and_is_seeded(fitted, tmp_path):

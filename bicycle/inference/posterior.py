@@ -1,17 +1,22 @@
-"""Sampling z from the aggregate posterior (ex-post density estimation, Ghosh et al. 2020).
+"""Sampling z from the aggregate posterior (what the encoder makes of the training set).
 
-Codes drawn from the prior N(0, I) can land where no encoded ground truth ever put the generator. A
-Gaussian mixture fitted after training to the encoder's means mu(E(B)) over the training set is a
-density of the codes G actually saw; sampling it (``--z-source posterior``) keeps z on that support.
+Codes drawn from the prior N(0, I) can land where no encoded ground truth ever put the generator. The
+aggregate posterior q(z) = 1/M SUM_i N(mu_i, diag(sigma_i^2)), (mu_i, log sigma_i^2) = E(B_i) over M training
+ground truths, is the density of the codes G was trained on in the encoded branch; sampling it (``--z-source
+posterior``, and ``auto`` when the run has one) keeps z on that support. It is exact, not estimated: no
+clustering can merge two modes' codes into one component and draw codes between them, and when the encoder
+has collapsed (every sigma_i near 1, every mu_i near 0) it is the prior, so outputs still vary with z. A
+K-component Gaussian mixture fitted by EM to the means (ex-post density estimation, Ghosh et al. 2020) is
+the alternative (``bicycle fit-posterior --components K``): smaller, smoother, blind to sigma_i.
 
 The mixture: :mod:`bicycle.inference.mixture`.
 
 Storage: ``RUN/posterior.safetensors`` (format ``bicycle-posterior/1``): ``weights`` [K], ``means`` [K, nz],
 ``covariances`` [K, nz, nz] (float64), with the checkpoint file and step it was fitted for, K, the points
-used and the seed in its metadata. It is not part of the checkpoint; loading it for another step is an
-error saying how to refit (:func:`load_posterior`). Exported weights (``bicycle export --out``) carry the
-run's current mixture as ``posterior.weights`` / ``posterior.means`` / ``posterior.covariances``
-(:func:`embedded_tensors`), so ``--z-source posterior`` works from the one file.
+used, the seed and the kind (``aggregate`` or ``gmm``) in its metadata. It is not part of the checkpoint;
+loading it for another step is an error saying how to refit (:func:`load_posterior`). Exported weights
+(``bicycle export --out``) carry the run's current mixture as ``posterior.weights`` / ``posterior.means`` /
+``posterior.covariances`` (:func:`embedded_tensors`), so ``--z-source posterior`` works from the one file.
 """
 from __future__ import annotations
 
@@ -35,10 +40,10 @@ FORMAT = "bicycle-posterior/1"
 FILENAME = "posterior.safetensors"
 Z_SOURCES = ("auto", "prior", "posterior")
 ENCODE_BATCH = 64
-# The fit at the end of ``bicycle train`` (well under 10 s for the demo preset on a CPU); fit-posterior
-# refits with the full caps.
+# The fit at each checkpoint of ``bicycle train``: the aggregate posterior of this many training images (a
+# seeded subset above it); ``bicycle fit-posterior`` takes up to AGGREGATE_POINTS.
 AUTO_POINTS = 1_000
-AUTO_ITERS = 30
+AGGREGATE_POINTS = 5_000  # 5,000 x nz^2 float64 covariances: 2.6 MB at nz 8
 
 
 # -- storage ------------------------------------------------------------------------------------------
@@ -55,14 +60,14 @@ def run_dir_of(checkpoint_path: Path) -> Path:
 
 
 def save_posterior(path: Path, mixture: GaussianMixture, checkpoint: str, step: int, points: int, seed: int,
-                   log_likelihood: float | None = None) -> Path:
+                   log_likelihood: float | None = None, kind: str = "gmm") -> Path:
     """Write the mixture atomically (safetensors, format ``bicycle-posterior/1``)."""
     from bicycle.io import atomic_write_bytes, writing
 
     tensors = {"weights": mixture.weights.double().contiguous(), "means": mixture.means.double().contiguous(),
                "covariances": mixture.covariances.double().contiguous()}
     meta = {"format": FORMAT, "checkpoint": checkpoint, "step": str(step), "components": str(mixture.k),
-            "points": str(points), "seed": str(seed), "nz": str(mixture.nz), "covariance": "full"}
+            "points": str(points), "seed": str(seed), "nz": str(mixture.nz), "covariance": "full", "kind": kind}
     if log_likelihood is not None:
         meta["log_likelihood"] = json.dumps(log_likelihood)
     with writing(path):
@@ -177,48 +182,72 @@ def draw_codes(mixture: GaussianMixture | None, n_inputs: int, n: int, nz: int, 
 
 
 @torch.no_grad()
-def encode_means(encoder: torch.nn.Module, dataset, indices: list[int], device, batch: int = ENCODE_BATCH) -> Tensor:
-    """mu(E(B)) [len(indices), nz] float64 on the CPU for the ground truths B of ``dataset[indices]``
-    (E in eval mode while encoding; its previous mode restored)."""
+def encode_posteriors(encoder: torch.nn.Module, dataset, indices: list[int], device,
+                      batch: int = ENCODE_BATCH) -> tuple[Tensor, Tensor]:
+    """(mu, logvar) of E(B), each [len(indices), nz] float64 on the CPU, for the ground truths B of
+    ``dataset[indices]`` (E in eval mode while encoding; its previous mode restored)."""
     was_training = encoder.training
     encoder.eval()
     try:
-        parts = []
+        mus, logvars = [], []
         for i in range(0, len(indices), batch):
             _, b = dataset.get_batch(indices[i:i + batch])
-            parts.append(encoder(b.to(device))[0].detach().double().cpu())
+            mu, logvar = encoder(b.to(device))
+            mus.append(mu.detach().double().cpu())
+            logvars.append(logvar.detach().double().cpu())
     finally:
         encoder.train(was_training)
-    return torch.cat(parts)
+    return torch.cat(mus), torch.cat(logvars)
+
+
+def aggregate_mixture(mu: Tensor, logvar: Tensor) -> GaussianMixture:
+    """mu, logvar [M, nz] -> the aggregate posterior 1/M SUM_i N(mu_i, diag(exp(logvar_i))), float64."""
+    if mu.dim() != 2 or mu.shape != logvar.shape or mu.shape[0] < 1:
+        raise ConfigError(f"aggregate_mixture needs mu and logvar [M, nz] with M >= 1, got {list(mu.shape)} and "
+                          f"{list(logvar.shape)}")
+    if not (bool(torch.isfinite(mu).all()) and bool(torch.isfinite(logvar).all())):
+        raise ConfigError("the encoder gave NaN or inf codes: there is no posterior to fit")
+    m = mu.shape[0]
+    var = logvar.double().exp().clamp_min(1e-10)
+    return GaussianMixture(torch.full((m,), 1.0 / m, dtype=torch.float64), mu.double().clone(), torch.diag_embed(var))
 
 
 def fit_for_nets(encoder: torch.nn.Module, dataset, device, run_dir: Path, checkpoint: Path, step: int, *,
-                 components: int = COMPONENTS, seed: int = 0, max_points: int = MAX_POINTS, iters: int = ITERS,
+                 components: int | None = None, seed: int = 0, max_points: int | None = None, iters: int = ITERS,
                  tol: float = TOL) -> dict:
-    """Encode (at most ``max_points``) training ground truths, fit, write RUN/posterior.safetensors."""
+    """Encode (at most ``max_points``) training ground truths and write RUN/posterior.safetensors: their aggregate
+    posterior, or with ``components`` K a K-component mixture fitted by EM to their means."""
     t0 = time.perf_counter()
     if len(dataset) < 1:
         raise CheckpointError("fit-posterior: the training split is empty")
+    if max_points is None:
+        max_points = AGGREGATE_POINTS if components is None else MAX_POINTS
     indices = subset_indices(len(dataset), max_points, seed)
-    x = encode_means(encoder, dataset, indices, device)
-    fit = fit_gmm_report(x, components, seed, iters, tol, max_points=max_points)
-    path = save_posterior(posterior_path(run_dir), fit.mixture, Path(checkpoint).name, step, fit.points, seed,
-                          fit.log_likelihood)
-    return {"path": str(path), "components": fit.mixture.k, "points": fit.points,
-            "log_likelihood": fit.log_likelihood, "iterations": fit.iterations, "converged": fit.converged,
-            "step": step, "checkpoint": str(checkpoint), "seconds": time.perf_counter() - t0}
+    mu, logvar = encode_posteriors(encoder, dataset, indices, device)
+    if components is None:
+        mixture, points, log_likelihood, iterations, converged = aggregate_mixture(mu, logvar), len(indices), None, 0, True
+    else:
+        fit = fit_gmm_report(mu, components, seed, iters, tol, max_points=max_points)
+        mixture, points, log_likelihood = fit.mixture, fit.points, fit.log_likelihood
+        iterations, converged = fit.iterations, fit.converged
+    kind = "aggregate" if components is None else "gmm"
+    path = save_posterior(posterior_path(run_dir), mixture, Path(checkpoint).name, step, points, seed, log_likelihood,
+                          kind)
+    return {"path": str(path), "kind": kind, "components": mixture.k, "points": points,
+            "log_likelihood": log_likelihood, "iterations": iterations, "converged": converged,
+            "mean_sigma": float(logvar.mul(0.5).exp().mean()), "step": step, "checkpoint": str(checkpoint),
+            "seconds": time.perf_counter() - t0}
 
 
 def fit_at_checkpoint(encoder: torch.nn.Module | None, dataset, device, run_dir: Path, checkpoint: Path, step: int,
                       seed: int, echo: Callable[[str], None]) -> dict | None:
-    """Each checkpoint of ``bicycle train``: a quick fit (AUTO_POINTS points, AUTO_ITERS iterations) for it. No
+    """Each checkpoint of ``bicycle train``: the aggregate posterior of AUTO_POINTS training images for it. No
     encoder (pix2pix) or no checkpoint file: nothing; a failure is one line through ``echo``, never the end of a
     run."""
     if encoder is None or not Path(checkpoint).is_file():
         return None
     try:
-        r = fit_for_nets(encoder, dataset, device, run_dir, checkpoint, step, seed=seed, max_points=AUTO_POINTS,
-                         iters=AUTO_ITERS)
+        r = fit_for_nets(encoder, dataset, device, run_dir, checkpoint, step, seed=seed, max_points=AUTO_POINTS)
     except (BicycleError, RuntimeError, ValueError) as exc:  # torch.linalg errors are RuntimeErrors
         echo(f"posterior: not fitted ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
              f"fit it with: bicycle fit-posterior {run_dir}")
@@ -227,22 +256,27 @@ def fit_at_checkpoint(encoder: torch.nn.Module | None, dataset, device, run_dir:
 
 
 def summary_line(r: dict) -> str:
-    return (f"posterior: {r['components']} components fitted to {r['points']} encoded ground truths (step {r['step']}), "
-            f"mean log-likelihood {r['log_likelihood']:.3f} nats/point, {r['iterations']} EM iterations"
+    where = f"{r['points']} encoded ground truths (step {r['step']})"
+    if r.get("kind", "gmm") == "aggregate":
+        return (f"posterior: the aggregate posterior of {where}, mean sigma {r['mean_sigma']:.3f} (1: the prior's), "
+                f"{r['seconds']:.1f} s; wrote {r['path']}")
+    return (f"posterior: {r['components']} components fitted to {where}, mean log-likelihood "
+            f"{r['log_likelihood']:.3f} nats/point, {r['iterations']} EM iterations"
             f"{'' if r['converged'] else ' (iteration cap)'}, {r['seconds']:.1f} s; wrote {r['path']}")
 
 
-def fit_posterior(run: str | Path, components: int = COMPONENTS, seed: int = 0, device: str = "auto",
-                  max_points: int = MAX_POINTS, iters: int = ITERS, tol: float = TOL,
+def fit_posterior(run: str | Path, components: int | None = None, seed: int = 0, device: str = "auto",
+                  max_points: int | None = None, iters: int = ITERS, tol: float = TOL,
                   echo: Callable[[str], None] = print) -> dict:
     """``bicycle fit-posterior RUN``: the run's newest checkpoint (or the checkpoint file given), its
-    dataset's train split, encoded and fitted; writes RUN/posterior.safetensors."""
+    dataset's train split, encoded; writes RUN/posterior.safetensors (:func:`fit_for_nets`)."""
     from bicycle.build import build_dataset
     from bicycle.inference.loading import load_model
     from bicycle.plugins import get_plugins
 
-    if components < 1 or max_points < 1:
-        raise ConfigError(f"--components and --points must be at least 1 (got {components}, {max_points})")
+    for name, value in (("--components", components), ("--points", max_points)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
     from bicycle.arguments import check_seed
     check_seed(seed, "--seed")
     ckpt, nets, dev = load_model(run, device)

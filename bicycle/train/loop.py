@@ -304,7 +304,8 @@ def _final_report(run: _Run, val, step: int, summary: dict) -> None:
         fitted = run.posterior
         if fitted is not None:
             run.echo(summary_line(fitted) + f" (refit on more points: bicycle fit-posterior {run.run_dir})")
-            summary["posterior"] = {k: fitted[k] for k in ("path", "components", "points", "log_likelihood")}
+            summary["posterior"] = {k: fitted[k] for k in ("path", "kind", "components", "points", "mean_sigma",
+                                                           "log_likelihood")}
         atomic_write_bytes(run.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
 
