@@ -192,7 +192,7 @@ def test_sample_takes_the_runs_posterior_by_default_and_says_which(fitted, run, 
     assert invoke("export", fitted, "--out", weights).exit_code == 0
     r = invoke("sample", "--checkpoint", weights, "--out", tmp_path / "c", "--samples", "2", "--inputs", "1",
                "--device", "cpu")
-    assert r.exit_code == 0 and f"components, {weights} (z-source posterior)" in r.output, r.output  # the exported file
+    assert r.exit_code == 0 and f"Gaussians, {weights} (z-source posterior)" in r.output, r.output  # the exported file
 
 
 def test_eval_json_names_the_z_source(fitted, tmp_path):

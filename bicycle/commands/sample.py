@@ -23,11 +23,11 @@ from bicycle.commands.reporting import reports_errors
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--z-source", type=click.Choice(Z_SOURCES), default="auto", show_default=True,
-              help="random z from N(0, I) (prior, the paper's), from the mixture fitted for this checkpoint (posterior: "
-                   "RUN/posterior.safetensors or the one exported weights carry; bicycle fit-posterior RUN), or that "
-                   "mixture when there is one, else the prior (auto; the output says which)")
+              help="random z from N(0, I) (prior, the paper's), from the aggregate posterior fitted for this checkpoint "
+                   "(posterior: RUN/posterior.safetensors or the one exported weights carry; bicycle fit-posterior "
+                   "RUN), or from it when there is one, else the prior (auto; the output says which)")
 @click.option("--temperature", type=float, default=1.0, show_default=True,
-              help="scale of the random codes' spread (the prior's std, the mixture's covariances by T^2)")
+              help="scale of the random codes' spread (the prior's std, the posterior's covariances by T^2)")
 @weights_option
 @click.option("--force", is_flag=True, help="replace the outputs of an earlier sample in --out")
 @reports_errors

@@ -124,9 +124,9 @@ def _z_words(source: ZSource) -> str:
     spread = "" if source.temperature == 1.0 else f", spread scaled by temperature {source.temperature:g}"
     if source.mixture is None:
         return f"N(0, I){spread}, drawn on the CPU from torch.Generator(seed)"
-    return (f"the aggregate posterior: a {source.mixture.k}-component full-covariance Gaussian mixture fitted to "
-            f"mu(E(B)) over the training split ({source.origin or 'posterior.safetensors'}){spread}, drawn on the CPU "
-            f"from torch.Generator(seed), input by input")
+    return (f"the aggregate posterior of the training split, a mixture of {source.mixture.k} Gaussians "
+            f"({source.origin or 'posterior.safetensors'}){spread}, drawn on the CPU from torch.Generator(seed), "
+            f"input by input")
 
 
 def _valid_by_coverage(valid: torch.Tensor, coverage: torch.Tensor | None) -> dict[str, float | None]:

@@ -30,7 +30,7 @@ class ZSource:
     def describe(self) -> str:
         if self.mixture is None:
             return "the prior N(0, I) (z-source prior)" + (f" ({self.why})" if self.why else "")
-        return f"the aggregate posterior, {self.mixture.k} components, {self.origin} (z-source posterior)"
+        return f"the aggregate posterior, {self.mixture.k} Gaussians, {self.origin} (z-source posterior)"
 
     def draw(self, n_inputs: int, n: int, nz: int, seed: int) -> Tensor:
         """[n_inputs, n, nz] codes from ``torch.Generator(seed)`` (see :func:`~bicycle.inference.posterior.draw_codes`)."""
