@@ -36,6 +36,17 @@ def test_train_says_its_preset_first_and_ends_with_the_oracle_report(run_dir):
     assert (run / "samples" / "final.png").is_file()
 
 
+def test_the_final_report_shows_the_prior_and_the_default_sampler(run_dir):
+    run, output = run_dir
+    reports = [line for line in output.splitlines() if line.startswith("oracle: valid rate")]
+    assert len(reports) == 2 and reports[0].endswith("(z from the prior)")
+    assert reports[1].endswith("(z from the aggregate posterior, the default sampler)")
+    assert output.index("posterior: the aggregate posterior") < output.index(reports[1])
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 <= summary["valid_rate"] <= 1 and 0 <= summary["auto"]["valid_rate"] <= 1
+    assert summary["auto"]["final_grid"].endswith("final_auto.png") and (run / "samples" / "final_auto.png").is_file()
+
+
 def test_dry_run_prints_the_resolved_config():
     result = invoke("train", "--dry-run", "--backbone", "unet256")
     assert result.exit_code == 0

@@ -1,6 +1,6 @@
 """Pictures written during training: the progress grid (fixed inputs and codes, so grids of different
 steps compare), the z-sensitivity check on it (and, for observers that ask, the oracle's numbers), and
-the final grid with the oracle's mode count."""
+the final grids (z from the prior and from the aggregate posterior) with the oracle's mode counts."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,6 +13,8 @@ import torch
 from bicycle.config import RunConfig
 from bicycle.data.base import oracle_of
 from bicycle.inference.metrics import z_sensitivity
+from bicycle.inference.mixture import GaussianMixture
+from bicycle.inference.posterior import draw_codes
 from bicycle.nets import Nets
 from bicycle.inference.sample import distinct_valid_modes, sample_grid
 from bicycle.train.collapse import CollapseMonitor
@@ -22,6 +24,8 @@ GRID_INPUTS, GRID_SAMPLES = 4, 6
 Z_SENSITIVITY_WARNING = 0.1
 HEALTH_AFTER = 0.1
 FINAL_INPUTS, FINAL_SAMPLES = 8, 20
+FINAL_GRIDS = {"prior": "final.png", "auto": "final_auto.png"}
+FINAL_SOURCE_WORDS = {"prior": "from the prior", "auto": "from the aggregate posterior, the default sampler"}
 
 
 def _eval_mode(nets: Nets, on: bool) -> None:
@@ -93,23 +97,34 @@ class ProgressGrids:
 
 
 def final_report(cfg: RunConfig, nets: Nets, val, sample_dir: Path, device: torch.device,
-                 echo: Callable[[str], None]) -> dict:
-    """Final grid (8 inputs x 20 samples) and, with an oracle, distinct valid modes per input."""
+                 echo: Callable[[str], None], posterior: GaussianMixture | None = None) -> dict:
+    """Final grids (8 inputs x 20 samples) and, with an oracle, distinct valid modes per input: z from the prior
+    (``final.png``, the paper's protocol) and, when the run has one, from its aggregate posterior
+    (``final_auto.png``: what ``bicycle sample`` and the demo page draw by default), under ``"auto"``."""
     n = min(FINAL_INPUTS, len(val))
     a, b = val.get_batch(list(range(n)))
-    z = torch.randn(n, FINAL_SAMPLES, cfg.net.nz, generator=torch.Generator().manual_seed(cfg.train.seed + 2))
-    _eval_mode(nets, True)
-    image, outs = sample_grid(nets, a.to(device), b.to(device), z.to(device))
-    path = sample_dir / "final.png"
-    image.save(path)
-    echo(f"samples: {path} (a row per input: the input, ground truth, encoded, {FINAL_SAMPLES} random z)")
+    codes = {"prior": torch.randn(n, FINAL_SAMPLES, cfg.net.nz, generator=torch.Generator().manual_seed(cfg.train.seed + 2))}
+    if posterior is not None:
+        codes["auto"] = draw_codes(posterior, n, FINAL_SAMPLES, cfg.net.nz, cfg.train.seed + 2)
     oracle = oracle_of(val)
-    if oracle is None:
-        return {"final_grid": str(path)}
-    distinct, valid = distinct_valid_modes(oracle, a, outs.cpu())
-    at_least_3 = int((distinct >= 3).sum())
-    echo(f"oracle: valid rate {valid.float().mean():.2f}; distinct valid modes per input {distinct.tolist()} "
-         f"(of {oracle.num_modes}); {at_least_3}/{n} inputs show >= 3 modes")
-    return {"final_grid": str(path), "valid_rate": round(float(valid.float().mean()), 4),
-            "modes_per_input": distinct.tolist(), "inputs_with_3_modes": at_least_3, "inputs": n,
-            "samples_per_input": FINAL_SAMPLES}
+    _eval_mode(nets, True)
+    report: dict = {}
+    for source, z in codes.items():
+        image, outs = sample_grid(nets, a.to(device), b.to(device), z.to(device))
+        path = sample_dir / FINAL_GRIDS[source]
+        image.save(path)
+        words = FINAL_SOURCE_WORDS[source]
+        echo(f"samples: {path} (a row per input: the input, ground truth, encoded, {FINAL_SAMPLES} z {words})")
+        part: dict = {"final_grid": str(path)}
+        if oracle is not None:
+            distinct, valid = distinct_valid_modes(oracle, a, outs.cpu())
+            at_least_3 = int((distinct >= 3).sum())
+            echo(f"oracle: valid rate {valid.float().mean():.2f}; distinct valid modes per input {distinct.tolist()} "
+                 f"(of {oracle.num_modes}); {at_least_3}/{n} inputs show >= 3 modes (z {words})")
+            part.update({"valid_rate": round(float(valid.float().mean()), 4), "modes_per_input": distinct.tolist(),
+                         "inputs_with_3_modes": at_least_3, "inputs": n, "samples_per_input": FINAL_SAMPLES})
+        if source == "prior":
+            report.update(part)
+        else:
+            report[source] = part
+    return report
