@@ -75,53 +75,6 @@ def broken_links(path: Path) -> list[str]:
     return problems
 
 
-def notebook_lines() -> list[str]:
-    hits = []
-    for name in NOTEBOOK_PATHS:
-        base = ROOT / name
-        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for f in files:
-            if "__pycache__" in f.parts or f.suffix in (".pyc", ".so", ".png"):
-                continue
-            try:
-                text = f.read_text()
-            except (UnicodeDecodeError, OSError):
-                continue
-            for i, line in enumerate(text.splitlines(), 1):
-                if NOTEBOOK.search(line):
-                    hits.append(f"{f.relative_to(ROOT)}:{i}: {line.strip()}")
-    return hits
-
-
-@pytest.mark.parametrize("path", user_docs(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_relative_link_and_anchor_resolves(path):
-    problems = broken_links(path)
-    assert not problems, "\n".join(problems)
-
-
-def test_the_docs_have_links_to_check():
-    assert len(user_docs()) >= 10
-    assert sum(len(links(p)) for p in user_docs()) >= 30
-
-
-def test_the_link_check_catches_a_missing_file_and_a_missing_anchor(tmp_path):
-    (tmp_path / "other.md").write_text("# Other page\n\n## A section (`--flag`)\n")
-    probe = tmp_path / "probe.md"
-    probe.write_text("# A title\n\n[a](other.md#no-such-heading) [b](no_such_file.md) [c](#a-title) "
-                     "[d](other.md#a-section---flag) `[e](inline.md)`\n\n```\n[f](fenced.md)\n```\n")
-    problems = "\n".join(broken_links(probe))
-    assert "#no-such-heading" in problems and "no_such_file.md does not exist" in problems
-    for fine in ("#a-title", "#a-section---flag", "inline.md", "fenced.md"):
-        assert fine not in problems, problems
-
-
-def test_slugs_follow_github():
-    assert slug("Which weights (`--weights`)") == "which-weights---weights"
-    assert slug("The paper's ablation") == "the-papers-ablation"
-    assert slug("Defaults on unseen data (`experiments/generalization/generalization.py`)") == \
-        "defaults-on-unseen-data-experimentsgeneralizationgeneralizationpy"
-
-
 # A repository path named in the docs' text ("`bicycle/train/loop.py`", "experiments/quality/README.md"): it must exist;
 # a glob (*) must match at least one file, and each of a brace list's names ({a,b}) exist. Outputs that bicycle writes when run are named, not shipped.
 REPO_PATH = re.compile(r"(?<![\w./$-])((?:bicycle|kernels|experiments|benchmarks|tools|tests|docs|examples)/[\w./*{},-]*[\w/*}])")
@@ -149,10 +102,51 @@ def missing_paths(path: Path) -> list[str]:
     return problems
 
 
+def notebook_lines() -> list[str]:
+    hits = []
+    for name in NOTEBOOK_PATHS:
+        base = ROOT / name
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for f in files:
+            if "__pycache__" in f.parts or f.suffix in (".pyc", ".so", ".png"):
+                continue
+            try:
+                text = f.read_text()
+            except (UnicodeDecodeError, OSError):
+                continue
+            for i, line in enumerate(text.splitlines(), 1):
+                if NOTEBOOK.search(line):
+                    hits.append(f"{f.relative_to(ROOT)}:{i}: {line.strip()}")
+    return hits
+
+
 @pytest.mark.parametrize("path", user_docs(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_repository_path_the_docs_name_exists(path):
-    problems = missing_paths(path)
+def test_every_relative_link_anchor_and_repository_path_resolves(path):
+    problems = broken_links(path) + missing_paths(path)
     assert not problems, "\n".join(problems)
+
+
+def test_the_docs_have_links_to_check():
+    assert len(user_docs()) >= 10
+    assert sum(len(links(p)) for p in user_docs()) >= 30
+
+
+def test_the_link_check_catches_a_missing_file_and_a_missing_anchor(tmp_path):
+    (tmp_path / "other.md").write_text("# Other page\n\n## A section (`--flag`)\n")
+    probe = tmp_path / "probe.md"
+    probe.write_text("# A title\n\n[a](other.md#no-such-heading) [b](no_such_file.md) [c](#a-title) "
+                     "[d](other.md#a-section---flag) `[e](inline.md)`\n\n```\n[f](fenced.md)\n```\n")
+    problems = "\n".join(broken_links(probe))
+    assert "#no-such-heading" in problems and "no_such_file.md does not exist" in problems
+    for fine in ("#a-title", "#a-section---flag", "inline.md", "fenced.md"):
+        assert fine not in problems, problems
+
+
+def test_slugs_follow_github():
+    assert slug("Which weights (`--weights`)") == "which-weights---weights"
+    assert slug("The paper's ablation") == "the-papers-ablation"
+    assert slug("Defaults on unseen data (`experiments/generalization/generalization.py`)") == \
+        "defaults-on-unseen-data-experimentsgeneralizationgeneralizationpy"
 
 
 def test_the_path_check_catches_a_moved_file(tmp_path):
