@@ -98,13 +98,15 @@ def compare_runs(ref: Path, got: Path) -> Comparison:
                        if a.metadata.get(k) != b.metadata.get(k)]
     if io.resolve_checkpoint_path(got).name != io.resolve_checkpoint_path(ref).name:
         c.other.append(f"newest checkpoint {io.resolve_checkpoint_path(got).name}")
-    for name in ("samples/final.png",):
+    for name in ("samples/final.png", "samples/final_auto.png"):
         if (ref / name).read_bytes() != ((got / name).read_bytes() if (got / name).is_file() else b""):
             c.other.append(f"{name} differs")
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, got))
     for s, d in ((sa, ref), (sb, got)):  # the wall time differs, the grid lies in each run's own dir
         s.pop("seconds", None)
         s["final_grid"] = os.path.relpath(s.get("final_grid", ""), d)
+        if isinstance(s.get("auto"), dict):
+            s["auto"]["final_grid"] = os.path.relpath(s["auto"]["final_grid"], d)
         if isinstance(s.get("posterior"), dict):
             s["posterior"]["path"] = os.path.relpath(s["posterior"]["path"], d)
     if sa != sb:

@@ -138,7 +138,7 @@ def test_observer_hooks_see_training(tmp_path, monkeypatch):
     np.testing.assert_array_equal(image, png)
     assert set(measures) == {"z_sensitivity", "valid_rate", "modes_per_input"}  # shapes has an oracle
     assert all(type(v) is float for v in measures.values()) and 0 <= measures["valid_rate"] <= 1
-    assert len(oracle_calls) == 3  # the two progress grids, then the final report
+    assert len(oracle_calls) == 4  # the two progress grids, then the final report (prior, aggregate posterior)
 
 
 def _spy_oracle(monkeypatch) -> list[int]:
@@ -181,7 +181,7 @@ def test_sample_measures_are_computed_only_for_a_listener(tmp_path, monkeypatch)
     oracle_calls = _spy_oracle(monkeypatch)
     train(tiny_config(**{"train.steps": 2}), tmp_path / "run", plugins=p, echo=lambda m: None)
     assert (tmp_path / "run" / "samples" / "step_00000002.png").is_file()
-    assert len(oracle_calls) == 1  # the final report's only: no listener asked for the grid's measures
+    assert len(oracle_calls) == 2  # the final report (prior, aggregate posterior) only: no listener asked for the grid
 
 
 def test_import_bicycle_is_cheap():

@@ -203,7 +203,7 @@ def test_eval_json_names_the_z_source(fitted, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["z_source"] == "posterior"
     assert doc["protocol"]["z_source"] == "posterior" and doc["protocol"]["temperature"] == 0.5
-    assert "Gaussian mixture" in doc["protocol"]["z"]
+    assert "aggregate posterior" in doc["protocol"]["z"] and "4 Gaussians" in doc["protocol"]["z"]
     out2 = tmp_path / "prior.json"
     assert invoke("eval", "--checkpoint", fitted, "--inputs", "2", "--samples", "2", "--json", out2,
                   "--device", "cpu").exit_code == 0
