@@ -216,7 +216,8 @@ def fit_for_nets(encoder: torch.nn.Module, dataset, device, run_dir: Path, check
                  components: int | None = None, seed: int = 0, max_points: int | None = None, iters: int = ITERS,
                  tol: float = TOL) -> dict:
     """Encode (at most ``max_points``) training ground truths and write RUN/posterior.safetensors: their aggregate
-    posterior, or with ``components`` K a K-component mixture fitted by EM to their means."""
+    posterior, or with ``components`` K a K-component mixture fitted by EM to their means. The report holds the
+    mixture written (``"mixture"``)."""
     t0 = time.perf_counter()
     if len(dataset) < 1:
         raise CheckpointError("fit-posterior: the training split is empty")
@@ -236,7 +237,7 @@ def fit_for_nets(encoder: torch.nn.Module, dataset, device, run_dir: Path, check
     return {"path": str(path), "kind": kind, "components": mixture.k, "points": points,
             "log_likelihood": log_likelihood, "iterations": iterations, "converged": converged,
             "mean_sigma": float(logvar.mul(0.5).exp().mean()), "step": step, "checkpoint": str(checkpoint),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "mixture": mixture}
 
 
 def fit_at_checkpoint(encoder: torch.nn.Module | None, dataset, device, run_dir: Path, checkpoint: Path, step: int,

@@ -295,7 +295,7 @@ def _stop(run: _Run, log: RunLog, diverged: Divergence, step: int) -> None:
 
 def _final_report(run: _Run, val, step: int, summary: dict) -> None:
     """Rank 0, after a finished run: the aggregate posterior, the final grids and oracle reports, summary.json."""
-    from bicycle.inference.posterior import read_posterior, summary_line
+    from bicycle.inference.posterior import summary_line
 
     with writing(run.run_dir):
         if run.posterior is None or run.posterior["step"] != step:  # a resume of a finished run writes no checkpoint
@@ -305,9 +305,8 @@ def _final_report(run: _Run, val, step: int, summary: dict) -> None:
             run.echo(summary_line(fitted) + f" (refit on more points: bicycle fit-posterior {run.run_dir})")
             summary["posterior"] = {k: fitted[k] for k in ("path", "kind", "components", "points", "mean_sigma",
                                                            "log_likelihood")}
-        mixture = read_posterior(Path(fitted["path"]))[0] if fitted is not None else None
         summary.update(final_report(run.cfg, run.state.sampling_nets, val, run.run_dir / "samples", run.device, run.echo,
-                                    mixture))
+                                    fitted["mixture"] if fitted is not None else None))
         atomic_write_bytes(run.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
 
