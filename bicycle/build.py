@@ -153,16 +153,12 @@ def build_networks(cfg: RunConfig, registry: Registry, *, inference: bool = Fals
     """G, E (if the model uses one), D and D2 (bicycle only), on the CPU, initialised.
     ``inference``: G and E only (what translating needs)."""
     n, model = cfg.net, MODELS[cfg.train.model]
-    g_args = GeneratorArgs(n.in_channels, n.out_channels, n.nz, n.image_size, n.ngf, n.norm, n.upsample, n.dropout,
-                           n.input_skip)
+    g_args = GeneratorArgs(n.in_channels, n.out_channels, n.nz, n.image_size, n.ngf, n.norm, n.upsample, n.dropout)
     with plugin_code(registry.plugin_of("backbone", n.backbone), f"backbone {n.backbone!r}"):
         G = registry.backbone(n.backbone).build(g_args, registry.injector(n.inject))
     if not isinstance(G, torch.nn.Module):
         raise PluginError(f"plugin {registry.plugin_of('backbone', n.backbone)!r}: backbone {n.backbone!r} built a "
                           f"{type(G).__name__}, not a torch.nn.Module")
-    if n.input_skip and not getattr(G, "input_skip", False):
-        raise ConfigError(f"backbone {n.backbone!r} does not take net.input_skip (the U-Net backbones do); "
-                          "drop --input-skip")
 
     def disc() -> MultiScaleDiscriminator:
         return MultiScaleDiscriminator(n.out_channels, n.image_size, n.ndf, n.d_layers, n.d_scales, n.norm,

@@ -58,8 +58,6 @@ class NetworkConfig:
     ndf: int = key(64)
     norm: str = key("instance", choices=NORMS)
     upsample: str = key("basic", choices=UPSAMPLES)
-    input_skip: bool = key(False, "G's last up block also sees A at full resolution, so edges can follow A's "
-                                  "lines to the pixel (needs --upsample nearest or bilinear; off, as the paper)")
     dropout: bool = key(True)
     d_layers: int = key(3, "stride-2 layers of each PatchGAN scale (3; the original's 128-px D has 2)")
     d_scales: int = key(2, "scales of each multi-scale discriminator (2)")
@@ -373,9 +371,6 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"train.batch_size must be even, got {t.batch_size}")
     if d.load_size is not None and d.load_size < n.image_size:
         raise ConfigError(f"data.load_size ({d.load_size}) must be at least the image size ({n.image_size})")
-    if n.input_skip and n.upsample == "basic":
-        raise ConfigError("net.input_skip joins A before G's last resize-convolution: it needs --upsample nearest "
-                          "or bilinear, got basic (transposed convolutions)")
     if cfg.loss.mode_seeking > 0 and t.model != "bicycle":
         raise ConfigError(f"loss.mode_seeking compares the encoded and random-z outputs of the bicycle model; "
                           f"model {t.model!r} has no such pair")

@@ -68,7 +68,6 @@ class GeneratorArgs:
     norm: str = "instance"
     upsample: str = "basic"
     dropout: bool = False
-    input_skip: bool = False  # the last up block also sees A at full resolution (resize-convolutions only)
 
 
 @dataclass(frozen=True)

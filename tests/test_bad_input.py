@@ -56,7 +56,6 @@ FLAGS = [
     (["--decay-start", "1.5"], "optim.decay_start must be within [0, 1]"),
     (["--lambda-kl", "inf"], "loss.kl must be a finite number"),
     (["--lambda-z", "nan"], "loss.z must be a finite number"),
-    (["--input-skip", "--upsample", "basic"], "net.input_skip joins A before G's last resize-convolution"),
     (["--kl-warmup", "2"], "loss.kl_warmup must be within"),
     (["--device", "foo"], "unknown device 'foo'"),
     (["--d-layers", "4"], "net.d_layers 4 is too deep for 32 px: a PatchGAN there takes at most 3"),

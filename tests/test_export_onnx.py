@@ -78,8 +78,6 @@ CASES = [
     pytest.param({"net.inject": "all-film", "net.upsample": "basic", "net.encoder": "resnet"}, id="all_film-basic-E_resnet"),
     pytest.param({"net.inject": "all-film", "net.upsample": "nearest", "net.encoder": "resnet"},
                  id="all_film-nearest-E_resnet"),
-    pytest.param({"net.inject": "all", "net.upsample": "nearest", "net.input_skip": True, "train.model": "pix2pix"},
-                 id="all-nearest-input_skip-noE"),
 ]
 
 

@@ -86,46 +86,6 @@ def test_generator_options(norm, upsample):
     assert G(torch.randn(2, 3, 32, 32), torch.randn(2, 8)).shape == (2, 3, 32, 32)
 
 
-@pytest.mark.parametrize("upsample", ["bilinear", "nearest"])
-def test_input_skip_lets_the_last_conv_see_a_at_full_resolution(upsample):
-    """Through the skip alone (the features' share of the last conv zeroed), a one-pixel change of A moves exactly
-    its 3x3 neighbourhood of the output: edges can be placed to the pixel, not to the half-resolution grid."""
-    reg = _registry()
-    args = GeneratorArgs(1, 3, 8, 32, ngf=4, upsample=upsample, input_skip=True)
-    G = reg.backbone("unet").build(args, reg.injector("all")).eval()
-    with torch.no_grad():
-        G.ups[0].conv.weight[:, :-1] = 0  # the last input channel is A's
-    a, z = torch.zeros(1, 1, 32, 32), torch.randn(1, 8)
-    poked = a.clone()
-    poked[0, 0, 13, 20] = 1.0
-    moved = (G(poked, z) - G(a, z)).abs().amax(1)[0] > 1e-6
-    want = torch.zeros(32, 32, dtype=torch.bool)
-    want[12:15, 19:22] = True
-    assert torch.equal(moved, want)
-    plain = reg.backbone("unet").build(GeneratorArgs(1, 3, 8, 32, ngf=4, upsample=upsample), reg.injector("all"))
-    assert G.ups[0].conv.in_channels == plain.ups[0][-2].in_channels + 1
-
-
-def test_input_skip_is_refused_by_a_backbone_that_does_not_take_it():
-    from bicycle.build import build_networks
-    from bicycle import hookimpl
-    from bicycle.plugins import build_plugins
-    from bicycle.registry import BackboneSpec
-
-    class Plain:
-        __name__ = "plain_plugin"
-
-        @hookimpl
-        def bicycle_backbones(self):
-            return [BackboneSpec("plain", lambda args, inj: torch.nn.Conv2d(1, 3, 1), lambda s: None)]
-
-    reg = build_plugins([Plain()], autoload=False).registry
-    cfg = tiny_config(**{"net.input_skip": True, "net.upsample": "nearest"})
-    assert build_networks(cfg, reg).G.input_skip
-    with pytest.raises(ConfigError, match="backbone 'plain' does not take net.input_skip"):
-        build_networks(replace(cfg, {"net.backbone": "plain"}), reg)
-
-
 def test_dropout_sits_on_inner_8ngf_levels_only():
     reg = _registry()
     G = reg.backbone("unet256").build(GeneratorArgs(3, 3, 8, 256, ngf=2, dropout=True), reg.injector("all"))

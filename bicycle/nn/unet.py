@@ -25,24 +25,8 @@ def _upsample(kind: str, cin: int, cout: int) -> list[nn.Module]:
     raise ValueError(f"unknown upsample {kind!r}")
 
 
-class InputSkipHead(nn.Module):
-    """The outermost up block with a skip from A at full resolution (``input_skip``): ReLU, resize x2,
-    concatenate A, reflection pad, 3x3 conv, tanh. x [N, cin, S/2, S/2], a [N, a_channels, S, S] -> [N, cout, S, S].
-    Without it the last conv sees only half-resolution features, so a resize-convolution cannot place an edge
-    more precisely than 2 px."""
-
-    def __init__(self, kind: str, cin: int, a_channels: int, cout: int) -> None:
-        super().__init__()
-        self.resize, self.pad, self.conv = _upsample(kind, cin + a_channels, cout)
-
-    def forward(self, x: Tensor, a: Tensor) -> Tensor:
-        x = self.resize(torch.relu(x))
-        return torch.tanh(self.conv(self.pad(torch.cat([x, a], 1))))
-
-
 class UNetGenerator(nn.Module):
     """G(A, z): A [N, in, S, S], z [N, nz] -> B [N, out, S, S] in [-1, 1], with ``depth`` levels.
-    ``args.input_skip``: the outermost up block also sees A at full resolution (:class:`InputSkipHead`).
 
     Dropout (p=0.5) is applied, when enabled, after the up convs of the 8*ngf levels 4..depth-2,
     as in the reference. The innermost level has no norm on its down path (its output may be 1x1).
@@ -53,10 +37,7 @@ class UNetGenerator(nn.Module):
         s, ngf = args.image_size, args.ngf
         if s % (2**depth):
             raise ValueError(f"image size {s} is not divisible by 2**{depth}")
-        if args.input_skip and args.upsample == "basic":
-            raise ValueError("input_skip needs resize-convolutions (upsample bilinear or nearest)")
         self.depth = depth
-        self.input_skip = args.input_skip
         out_ch = [ngf * min(2**i, 8) for i in range(depth)]
         in_ch = [args.in_channels] + out_ch[:-1]
         points = [InjectionPoint(i, in_ch[i], s >> i, s >> i) for i in range(depth)]
@@ -77,9 +58,6 @@ class UNetGenerator(nn.Module):
             downs.append(nn.Sequential(*down))
             up_in = out_ch[i] if innermost else decoded(i + 1) + out_ch[i]
             up: list[nn.Module] = [nn.ReLU()]
-            if outermost and args.input_skip:
-                ups.append(InputSkipHead(args.upsample, up_in, args.in_channels, args.out_channels))
-                continue
             if outermost:
                 up += _upsample(args.upsample, up_in, args.out_channels) + [nn.Tanh()]
             else:
@@ -98,7 +76,7 @@ class UNetGenerator(nn.Module):
             skips.append(x)
             x = down(self.injector(i, x, z))
         for i in range(self.depth - 1, -1, -1):
-            x = self.ups[i](x, a) if i == 0 and self.input_skip else self.ups[i](x)
+            x = self.ups[i](x)
             if i in self.decoder_point:
                 x = self.injector(self.decoder_point[i], x, z)
             if i > 0:
