@@ -197,7 +197,9 @@ def test_in_a_real_browser_draw_generate_upload_and_steer(page, tmp_path):
         driver.get(url)
         wait = WebDriverWait(driver, 60)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#generate"))
-        canvas = [c for c in driver.find_elements(By.CSS_SELECTOR, "#canvas canvas") if c.size["width"] > 50][-1]
+        # the sketch canvas is laid out after the button appears (seconds later on a loaded machine)
+        canvas = wait.until(lambda d: [c for c in d.find_elements(By.CSS_SELECTOR, "#canvas canvas")
+                                       if c.size["width"] > 50])[-1]
         ActionChains(driver).move_to_element_with_offset(canvas, -40, -40).click_and_hold().move_by_offset(60, 10) \
             .move_by_offset(-10, 60).release().perform()
         driver.find_element(By.XPATH, "//*[@id='zsource']//label[contains(., 'prior')]").click()
