@@ -161,7 +161,8 @@ def build_networks(cfg: RunConfig, registry: Registry, *, inference: bool = Fals
                           f"{type(G).__name__}, not a torch.nn.Module")
 
     def disc() -> MultiScaleDiscriminator:
-        return MultiScaleDiscriminator(n.out_channels, n.image_size, n.ndf, n.d_layers, n.d_scales, n.norm,
+        channels = n.out_channels + (n.in_channels if n.conditional_d else 0)
+        return MultiScaleDiscriminator(channels, n.image_size, n.ndf, n.d_layers, n.d_scales, n.norm,
                                        parse_policy(n.diffaug), n.spectral_norm)
 
     E = ENCODERS[n.encoder](n.out_channels, n.nz, n.image_size, n.nef, n.norm) if model.uses_encoder else None

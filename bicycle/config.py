@@ -62,6 +62,8 @@ class NetworkConfig:
     d_layers: int = key(3, "stride-2 layers of each PatchGAN scale (3; the original's 128-px D has 2)")
     d_scales: int = key(2, "scales of each multi-scale discriminator (2)")
     gan_mode: str = key("lsgan", choices=GAN_MODES)
+    conditional_d: bool = key(False, "D and D2 judge A beside B, so the random-z branch is told whether its output "
+                                     "fits the input (the original's --conditional_D; off, as the paper)")
     spectral_norm: bool = key(False, "spectral normalization of D's and D2's convolutions (off, as the paper)")
     diffaug: str = key("", "differentiable augmentation of D's inputs, real and fake alike (DiffAugment): a "
                            "comma-separated list of color, translation, cutout (empty: off, as the paper)")

@@ -15,6 +15,8 @@ bicycle    fake_enc = G(A1, z_enc), fake_rand = G(A1, z_rand)   (both conditione
                      [+ lambda_ms / (L_1(fake_rand, fake_enc) / L_1(z_rand, z_enc) + 1e-5), fake_enc and z_enc
                       detached: mode seeking, MSGAN; only with --lambda-ms, off as the paper]
            D on (fake_enc, B1); D2 on (fake_rand, B2).
+           With a conditional D (--conditional-d, the original's --conditional_D) every D and D2 input is [A, B]
+           concatenated over channels: D on ([A1, fake_enc], [A1, B1]); D2 on ([A1, fake_rand], [A2, B2]).
 pix2pix    pix2pix + noise: fake = G(A, z_rand). G: lambda_GAN L_GAN(D, fake) + lambda_L1 L_1(fake, B). No E.
 cae-gan    z = mu(E(B)) (no sampling, no KL); fake = G(A, z). G and E: lambda_GAN L_GAN(D, fake) + lambda_L1 L_1(fake, B).
 cvae-gan   fake = G(A, z_enc). G and E: lambda_GAN L_GAN(D, fake) + lambda_L1 L_1(fake, B) + lambda_KL L_KL.
@@ -82,13 +84,19 @@ class LossSetup:
     place between steps so that a captured graph reads the current value. ``world_size``: data-parallel
     ranks; L_KL is a SUM over the (global) batch while DDP averages the ranks' gradients, so each rank's
     KL sum counts ``world_size`` times (every other term is a mean over equal shards: their average is
-    the global mean)."""
+    the global mean). ``conditional_d``: the discriminators see A beside B (:meth:`judged`)."""
 
     weights: LossWeights
     gan_mode: str = "lsgan"
     impl: str = "auto"
     kl_scale: Tensor | None = None
     world_size: int = 1
+    conditional_d: bool = False
+
+    def judged(self, a: Tensor, b: Tensor) -> Tensor:
+        """What a discriminator sees of the pair (A [n, Ca, S, S], B [n, Cb, S, S]): B, or [A, B] [n, Ca + Cb, S, S]
+        with a conditional D."""
+        return torch.cat([a, b], 1) if self.conditional_d else b
 
     def encode(self, mu: Tensor, logvar: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """(z [n, nz], lambda_KL * L_KL) with :func:`reparameterize`, the warm-up applied."""
@@ -113,13 +121,14 @@ class GELosses:
 
 def bicycle_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s: LossSetup) -> GELosses:
     w, half = s.weights, a.shape[0] // 2
-    a1, b1, b2 = a[:half], b[:half], b[half:]
+    a1, a2, b1, b2 = a[:half], a[half:], b[:half], b[half:]
     mu, logvar = nets.E(b1)
     z_enc, kl = s.encode(mu, logvar, noise["eps"])
     fake_enc, fake_rand = call_twice(nets.G, (a1, z_enc), (a1, noise["z"]))
+    judged_enc, judged_rand = s.judged(a1, fake_enc), s.judged(a1, fake_rand)
     with frozen(nets.D, nets.D2) as (D, D2):
-        g_gan = w.gan * gan_loss(D(fake_enc), True, s.gan_mode, s.impl)
-        g_gan2 = w.gan2 * gan_loss(D2(fake_rand), True, s.gan_mode, s.impl)
+        g_gan = w.gan * gan_loss(D(judged_enc), True, s.gan_mode, s.impl)
+        g_gan2 = w.gan2 * gan_loss(D2(judged_rand), True, s.gan_mode, s.impl)
     g_l1 = w.l1 * l1(fake_enc, b1)
     with frozen(nets.E) as (E,):  # the latent loss reaches G only
         mu2, _ = E(fake_rand)
@@ -129,7 +138,7 @@ def bicycle_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s
     if w.mode_seeking > 0:
         metrics["ms"] = w.mode_seeking * mode_seeking(fake_rand, fake_enc.detach(), noise["z"], z_enc.detach())
         loss = loss + metrics["ms"]
-    return GELosses(loss, metrics, [("D", fake_enc, b1), ("D2", fake_rand, b2)])
+    return GELosses(loss, metrics, [("D", judged_enc, s.judged(a1, b1)), ("D2", judged_rand, s.judged(a2, b2))])
 
 
 def mode_seeking(out1: Tensor, out2: Tensor, z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
@@ -138,39 +147,43 @@ def mode_seeking(out1: Tensor, out2: Tensor, z1: Tensor, z2: Tensor, eps: float 
     return 1.0 / (torch.mean(torch.abs(out1 - out2)) / torch.mean(torch.abs(z1 - z2)) + eps)
 
 
-def _gan_l1(nets: Nets, fake: Tensor, b: Tensor, s: LossSetup) -> tuple[Tensor, Tensor]:
+def _gan_l1(nets: Nets, a: Tensor, fake: Tensor, b: Tensor, s: LossSetup) -> tuple[Tensor, Tensor]:
     """lambda_GAN L_GAN(D, fake) (D frozen) and lambda_L1 L_1(fake, B): the baselines' shared terms."""
     with frozen(nets.D) as (D,):
-        g_gan = s.weights.gan * gan_loss(D(fake), True, s.gan_mode, s.impl)
+        g_gan = s.weights.gan * gan_loss(D(s.judged(a, fake)), True, s.gan_mode, s.impl)
     return g_gan, s.weights.l1 * l1(fake, b)
+
+
+def _baseline_pairs(a: Tensor, fake: Tensor, b: Tensor, s: LossSetup) -> list[tuple[str, Tensor, Tensor]]:
+    return [("D", s.judged(a, fake), s.judged(a, b))]
 
 
 def pix2pix_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s: LossSetup) -> GELosses:
     fake = nets.G(a, noise["z"])
-    g_gan, g_l1 = _gan_l1(nets, fake, b, s)
-    return GELosses(g_gan + g_l1, {"G_GAN": g_gan, "G_L1": g_l1}, [("D", fake, b)])
+    g_gan, g_l1 = _gan_l1(nets, a, fake, b, s)
+    return GELosses(g_gan + g_l1, {"G_GAN": g_gan, "G_L1": g_l1}, _baseline_pairs(a, fake, b, s))
 
 
 def cae_gan_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s: LossSetup) -> GELosses:
     mu, _ = nets.E(b)
     fake = nets.G(a, mu)
-    g_gan, g_l1 = _gan_l1(nets, fake, b, s)
-    return GELosses(g_gan + g_l1, {"G_GAN": g_gan, "G_L1": g_l1}, [("D", fake, b)])
+    g_gan, g_l1 = _gan_l1(nets, a, fake, b, s)
+    return GELosses(g_gan + g_l1, {"G_GAN": g_gan, "G_L1": g_l1}, _baseline_pairs(a, fake, b, s))
 
 
 def cvae_gan_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s: LossSetup) -> GELosses:
     mu, logvar = nets.E(b)
     z, kl = s.encode(mu, logvar, noise["eps"])
     fake = nets.G(a, z)
-    g_gan, g_l1 = _gan_l1(nets, fake, b, s)
-    return GELosses(g_gan + g_l1 + kl, {"G_GAN": g_gan, "G_L1": g_l1, "kl": kl}, [("D", fake, b)])
+    g_gan, g_l1 = _gan_l1(nets, a, fake, b, s)
+    return GELosses(g_gan + g_l1 + kl, {"G_GAN": g_gan, "G_L1": g_l1, "kl": kl}, _baseline_pairs(a, fake, b, s))
 
 
 def clr_gan_losses(nets: Nets, a: Tensor, b: Tensor, noise: dict[str, Tensor], s: LossSetup) -> GELosses:
     w = s.weights
     fake = nets.G(a, noise["z"])
     with frozen(nets.D) as (D,):
-        g_gan = w.gan2 * gan_loss(D(fake), True, s.gan_mode, s.impl)
+        g_gan = w.gan2 * gan_loss(D(s.judged(a, fake)), True, s.gan_mode, s.impl)
     mu2, _ = nets.E(fake)
     z_l1 = w.z * l1(mu2, noise["z"])
-    return GELosses(g_gan + z_l1, {"G_GAN": g_gan, "z_L1": z_l1}, [("D", fake, b)])
+    return GELosses(g_gan + z_l1, {"G_GAN": g_gan, "z_L1": z_l1}, _baseline_pairs(a, fake, b, s))

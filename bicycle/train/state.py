@@ -84,7 +84,8 @@ def build_state(cfg: RunConfig, registry: Registry, device: torch.device | str, 
     # lambda_KL's warm-up multiplier: a device tensor refilled before each step (None: constant, as the paper)
     kl_scale = torch.ones((), device=device) if cfg.loss.kl_warmup > 0 else None
     model = MODELS[cfg.train.model]
-    setup = LossSetup(cfg.loss, cfg.net.gan_mode, cfg.train.impl, kl_scale, world_size=world.size)
+    setup = LossSetup(cfg.loss, cfg.net.gan_mode, cfg.train.impl, kl_scale, world_size=world.size,
+                      conditional_d=cfg.net.conditional_d)
     step_nets = None
     if world.launched:
         with torch.cuda.stream(ddp_stream) if ddp_stream is not None else contextlib.nullcontext():
