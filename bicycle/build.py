@@ -162,7 +162,8 @@ def build_networks(cfg: RunConfig, registry: Registry, *, inference: bool = Fals
 
     def disc() -> MultiScaleDiscriminator:
         channels = n.out_channels + (n.in_channels if n.conditional_d else 0)
-        return MultiScaleDiscriminator(channels, n.image_size, n.ndf, n.d_layers, n.d_scales, n.norm,
+        norm = n.norm if n.d_norm == "same" else n.d_norm
+        return MultiScaleDiscriminator(channels, n.image_size, n.ndf, n.d_layers, n.d_scales, norm,
                                        parse_policy(n.diffaug), n.spectral_norm)
 
     E = ENCODERS[n.encoder](n.out_channels, n.nz, n.image_size, n.nef, n.norm) if model.uses_encoder else None

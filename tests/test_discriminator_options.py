@@ -138,3 +138,19 @@ def test_gpu_augmentation_and_spectral_norm_under_replay():
         first, second = D(b)[0].clone(), D(b)[0].clone()
     assert not torch.equal(first, second)
     assert all(torch.isfinite(v).all() for v in g.replay().values())
+
+
+@pytest.mark.parametrize(("norm", "d_norm", "want"), [("instance", "same", "InstanceNorm"), ("batch", "same", "BatchNorm2d"),
+                                                      ("instance", "none", None), ("instance", "batch", "BatchNorm2d")])
+def test_d_norm_chooses_the_discriminators_normalization_and_leaves_g_and_e_alone(norm, d_norm, want):
+    from bicycle.build import build_networks
+    from bicycle.plugins import get_plugins
+    from tiny import tiny_config
+
+    nets = build_networks(tiny_config(**{"net.norm": norm, "net.d_norm": d_norm}), get_plugins().registry)
+    kinds = {type(m).__name__ for m in nets.D.modules()} | {type(m).__name__ for m in nets.D2.modules()}
+    norms = {k for k in kinds if "Norm" in k}
+    assert norms == ({want} if want else set())
+    g_norms = {type(m).__name__ for m in nets.G.modules() if "Norm" in type(m).__name__}
+    assert g_norms == {"InstanceNorm" if norm == "instance" else "BatchNorm2d"}
+
