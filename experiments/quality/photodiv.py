@@ -8,6 +8,9 @@ On the run's validation inputs, for the default sampler (``auto``) and the prior
   ``diversity_pixel_l1``, in [-1, 1] units), beside ``between_photos``, the same between consecutive ground truths;
 - ``texture``: the outputs' mean |3x3 Laplacian| minus the ground truths', in levels of 255 (stripes, dot grids);
 - ``encoded_l1``: mean |G(A, mu(E(B))) - B|, how well the encoded output keeps the photo;
+- ``foreground_iou``: for sets shot on a white background (shoes, handbags), the IoU of each output's object mask
+  (pixels more than 25 levels from white in some channel) with its ground truth's: whether the outputs fill the
+  input's outline rather than a blob of their own;
 - ``collapse_warnings``: how many times the run's monitor warned of posterior collapse (train.log).
 One JSON line on stdout. Calibration only: never a result (see README.md).
 """
@@ -18,6 +21,18 @@ import json
 from pathlib import Path
 
 from diagnose import laplacian_level
+
+
+def object_mask(x):
+    """[..., 3, H, W] in [-1, 1] -> bool [..., H, W]: pixels more than 25 levels from white in some channel."""
+    return (x < 1 - 2 * 25 / 255).any(-3)
+
+
+def foreground_iou(outs, truth):
+    """outs [N, K, 3, H, W], truth [N, 3, H, W] -> mean IoU of the outputs' object masks with the truth's."""
+    m, t = object_mask(outs), object_mask(truth)[:, None]
+    inter, union = (m & t).flatten(2).sum(-1), (m | t).flatten(2).sum(-1)
+    return float((inter / union.clamp_min(1)).mean())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,12 +56,14 @@ def main(argv: list[str] | None = None) -> dict:
     row: dict = {"run": a.run, "weights": model.weights, "inputs": len(A), "samples": a.samples,
                  "between_photos": float((B[1:] - B[:-1]).abs().mean()),
                  "encoded_l1": float((enc - B).abs().mean()),
+                 "encoded_iou": foreground_iou(enc[:, None], B),
                  "encoded_texture": float(laplacian_level(enc).mean() - laplacian_level(B).mean()),
                  "collapse_warnings": log.read_text().count("posterior collapse") if log.exists() else None}
     for source in ("auto", "prior"):
         outs = model.generate(A, model.random_z(len(A), a.samples, seed=0, z_source=source))
         row[source] = {"diversity": float(consecutive_pair_l1(outs).mean()),
-                       "texture": float(laplacian_level(outs.flatten(0, 1)).mean() - laplacian_level(B).mean())}
+                       "texture": float(laplacian_level(outs.flatten(0, 1)).mean() - laplacian_level(B).mean()),
+                       "foreground_iou": foreground_iou(outs, B)}
     print(json.dumps(row))
     return row
 
