@@ -53,3 +53,21 @@ def test_the_diagnosis_gives_continuous_signals_for_a_calibration_run(tmp_path, 
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == row
     assert row["weights"] == "raw" and 0 <= row["valid_rate"] <= 1 and 0 <= row["encoded_same_mode"] <= 1
     assert isinstance(row["texture"], float) and isinstance(row["encoded_texture"], float)
+
+
+def test_the_photo_signals_foreground_iou_tells_a_filled_outline_from_a_blob_of_its_own(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "quality"))
+    spec = importlib.util.spec_from_file_location("quality_photodiv", ROOT / "experiments" / "quality" / "photodiv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    truth = torch.ones(1, 3, 16, 16)
+    truth[..., 4:12, 4:12] = -0.5  # a dark object on white
+    same, elsewhere, faint = truth.clone(), torch.ones(1, 3, 16, 16), truth.clone()
+    elsewhere[..., 0:4, 0:16] = -0.5
+    faint[..., 4:12, 4:12] = 1 - 2 * 10 / 255  # 10 levels from white: background
+    outs = torch.stack([same, elsewhere, faint], 1)  # [1, 3, 3, 16, 16]
+    assert module.foreground_iou(outs[:, :1], truth) == 1.0
+    assert module.foreground_iou(outs[:, 1:2], truth) == 0.0
+    assert module.foreground_iou(outs[:, 2:], truth) == 0.0
