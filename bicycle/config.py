@@ -236,15 +236,15 @@ class SizeBand:
 
 
 _DEMO_LARGER = (("train.batch_size", 2), ("loss.kl", 0.01), ("net.ngf", 16), ("net.nef", 16), ("net.ndf", 16),
-                ("net.inject", "all-film"), ("net.upsample", "nearest"), ("loss.z", 2.0))
+                ("net.inject", "all-film"), ("net.upsample", "nearest"))
 
 SIZE_BANDS: dict[str, tuple[SizeBand, ...]] = {
     "demo": (
         SizeBand("32 px", "32 px shapes, widths 32, batch 8, lr 1e-3, lambda_KL 0.025 ramped", high=32),
-        SizeBand("33-128 px", "widths 16, batch 2, lambda_KL 0.01, lambda_z 2, nearest resize-convolutions, a 2-layer D, "
+        SizeBand("33-128 px", "widths 16, batch 2, lambda_KL 0.01, nearest resize-convolutions, a 2-layer D, "
                               "lr 2e-3, length by image size",
                  low=33, high=128, values=_DEMO_LARGER + (("net.d_layers", 2), ("optim.lr", 2e-3)), steps_at_128=4500),
-        SizeBand("over 128 px", "widths 16, batch 2, lambda_KL 0.01, lambda_z 2, nearest resize-convolutions, lr 1e-3, "
+        SizeBand("over 128 px", "widths 16, batch 2, lambda_KL 0.01, nearest resize-convolutions, lr 1e-3, "
                                 "length by image size",
                  low=129, values=_DEMO_LARGER, steps_at_128=4500),
     ),
