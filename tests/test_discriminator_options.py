@@ -154,3 +154,16 @@ def test_d_norm_chooses_the_discriminators_normalization_and_leaves_g_and_e_alon
     g_norms = {type(m).__name__ for m in nets.G.modules() if "Norm" in type(m).__name__}
     assert g_norms == {"InstanceNorm" if norm == "instance" else "BatchNorm2d"}
 
+
+
+@pytest.mark.parametrize(("key", "flag"), [("net.norm", "--norm"), ("net.d_norm", "--d-norm")])
+def test_batch_norm_anywhere_is_refused_under_torchrun(key, flag):
+    from bicycle.commands.preflight import check_parallel
+    from bicycle.errors import ConfigError
+    from bicycle.train.distributed import World
+    from tiny import tiny_config
+
+    cfg = tiny_config(**{key: "batch"})
+    with pytest.raises(ConfigError, match=rf"^{flag} batch under torchrun would need SyncBatchNorm"):
+        check_parallel(World(launched=True), cfg)
+    check_parallel(World(launched=False), cfg)  # one process: fine

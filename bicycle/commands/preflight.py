@@ -173,9 +173,10 @@ def check_world(world: World, preset: str, run_dir: Path | None, resume_dir: Pat
 
 def check_parallel(world: World, cfg: RunConfig) -> None:
     """Data parallelism: settings the ranks cannot share."""
-    if world.launched and cfg.net.norm == "batch":
-        raise ConfigError("--norm batch under torchrun would need SyncBatchNorm, which bicycle does not use: train with "
-                          "--norm instance (the paper's) or in one process")
+    if world.launched and "batch" in (cfg.net.norm, cfg.net.d_norm):
+        flag = "--norm" if cfg.net.norm == "batch" else "--d-norm"
+        raise ConfigError(f"{flag} batch under torchrun would need SyncBatchNorm, which bicycle does not use: train "
+                          f"with instance norm (the paper's) or in one process")
     if world.launched and cfg.loss.kl_free_bits > 0:
         raise ConfigError("--kl-free-bits under torchrun is not supported yet: the per-dimension KL would have to be "
                           "all-reduced before the floor")

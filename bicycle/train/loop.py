@@ -197,6 +197,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: 
         _final_report(run, val, step, summary)
     elif interrupted:
         run.echo(f"interrupted at step {step}; resume with: bicycle train --resume {run_dir}")
+        run.coord.barrier()  # nobody exits (and makes torchrun stop the others) before rank 0 has printed
     run.notify("bicycle_train_end", step=step, config=cfg, run_dir=run_dir, interrupted=interrupted)
     log.close()
     return TrainResult(run_dir, step, interrupted, time.perf_counter() - t_start, summary, flag.signal)
