@@ -22,15 +22,17 @@ def test_a_check_task_is_run_as_a_user_would_recorded_and_then_refused(tmp_path,
     paths = ["--out", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--ledger", str(tmp_path / "ledger.json")]
     tiny = ["--", "--steps", "2", "--ngf", "8", "--nef", "8", "--ndf", "8", "--batch-size", "2", "--checkpoint-every", "2",
             "--sample-every", "100", "--impl", "ref"]
-    args = ["--tasks", "10000", "--image-size", "32", "--label", "tiny", "--inputs", "3", "--samples", "2", *paths, *tiny]
+    args = ["--tasks", "10000", "10001", "--jobs", "2", "--image-size", "32", "--label", "tiny", "--inputs", "3",
+            "--samples", "2", *paths, *tiny]
     assert q.main(args) == 0
     row = json.loads((tmp_path / "results" / "tiny" / "task_10000.json").read_text())
     assert row["steps"] == 2 and row["train_seconds"] > 0 and row["description"].startswith("procedural:10000: ")
     assert set(row["prior"]) == set(q.MEASURES) and row["posterior"]["valid_rate"] is not None
     ledger = json.loads((tmp_path / "ledger.json").read_text())
-    assert [e["seed"] for e in ledger] == [10000] and len(ledger[0]["config_hash"]) == 12
+    assert sorted(e["seed"] for e in ledger) == [10000, 10001]  # two jobs, neither lost the other's entry
+    assert len(ledger[0]["config_hash"]) == 12
     report = json.loads((tmp_path / "results" / "tiny" / "report.json").read_text())
-    assert report["check_tasks"] == 1 and report["is_a_result"] is False and len(report["targets"]) == 5
+    assert report["check_tasks"] == 2 and report["is_a_result"] is False and len(report["targets"]) == 5
     assert "a result needs >= 6 check tasks" in capsys.readouterr().out
     assert q.main(args) == 2  # looked at once
     assert "were looked at already" in capsys.readouterr().err

@@ -4,7 +4,7 @@
     python experiments/quality/run.py --tasks 10000 10001 ... [--image-size 128] [--label NAME] [--again]
         [-- extra bicycle train flags]
 
-Per task, as subprocesses, one at a time: ``bicycle train --data procedural:N --image-size S [--backbone
+Per task, as subprocesses (``--jobs`` tasks at a time, default one): ``bicycle train --data procedural:N --image-size S [--backbone
 unetS] --run-dir RUNS/<label>/task_N [FLAGS]``, then ``bicycle eval --inputs 100 --samples 20`` with each z
 source. The task's row (its description, the train wall time from the run's own summary.json, both sources'
 measures, the encoded-output rate) goes to ``results/<label>/task_N.json`` as soon as it ends; a task whose
@@ -26,6 +26,8 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bicycle.bench.common import run_bicycle
@@ -63,6 +65,18 @@ def config_hash(run: Path) -> str:
 
 def read_ledger(path: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
+
+
+_LEDGER_LOCK = threading.Lock()
+
+
+def record(path: Path, entry: dict) -> None:
+    """Append one check task to the ledger as it is on disk now (another job may have added its own)."""
+    with _LEDGER_LOCK:
+        ledger = read_ledger(path) + [entry]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ledger, indent=1) + "\n")
+        os.replace(tmp, path)
 
 
 def run_task(task: int, a: argparse.Namespace, runs: Path) -> dict:
@@ -115,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--again", action="store_true", help="run check tasks already in the ledger (said in their rows)")
     p.add_argument("--inputs", type=int, default=100)
     p.add_argument("--samples", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per subprocess")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="tasks at a time (train times are then not one-run-at-a-time budget measures)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--runs", type=Path, default=HERE / "runs", help="run dirs (not committed)")
     p.add_argument("--ledger", type=Path, default=HERE / "ledger.json")
@@ -129,25 +145,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = a.out / a.label
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for task in a.tasks:
+
+    def one(task: int) -> dict:
         path = out / f"task_{task}.json"
         if path.exists() and task < CHECK_FROM:
-            row = json.loads(path.read_text())
-        else:
-            row = run_task(task, a, a.runs / a.label)
-            if task >= CHECK_FROM:
-                row["again"] = task in used
-                ledger.append({"seed": task, "label": a.label, "commit": row["commit"], "date": row["date"],
-                               "config_hash": row["config_hash"]})
-                a.ledger.write_text(json.dumps(ledger, indent=1) + "\n")
-            path.write_text(json.dumps(row, indent=1) + "\n")
-        rows.append(row)
+            return json.loads(path.read_text())
+        row = run_task(task, a, a.runs / a.label)
+        if task >= CHECK_FROM:
+            row["again"] = task in used
+            record(a.ledger, {"seed": task, "label": a.label, "commit": row["commit"], "date": row["date"],
+                              "config_hash": row["config_hash"]})
+        path.write_text(json.dumps(row, indent=1) + "\n")
         print(f"task {task}: {row['description']}; {row['train_seconds']:.0f} s; " + "; ".join(
             f"{s}: valid {row[s]['valid_rate']:.2f}, modes {row[s]['modes_fraction_of_ideal']:.0%} of ideal"
             for s in SOURCES) + f"; encoded {row['prior']['encoded_mode_rate']:.2f}", flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        rows = list(pool.map(one, a.tasks))
     summary = {"label": a.label, "image_size": a.image_size, "flags": a.flags, "tasks": a.tasks,
-               "protocol": {"inputs": a.inputs, "samples": a.samples, "threads": a.threads}, "rows": rows,
+               "protocol": {"inputs": a.inputs, "samples": a.samples, "threads": a.threads, "jobs": a.jobs}, "rows": rows,
                **report(rows)}
     (out / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
     for t in summary["targets"]:
