@@ -153,7 +153,8 @@ def build_networks(cfg: RunConfig, registry: Registry, *, inference: bool = Fals
     """G, E (if the model uses one), D and D2 (bicycle only), on the CPU, initialised.
     ``inference``: G and E only (what translating needs)."""
     n, model = cfg.net, MODELS[cfg.train.model]
-    g_args = GeneratorArgs(n.in_channels, n.out_channels, n.nz, n.image_size, n.ngf, n.norm, n.upsample, n.dropout)
+    g_args = GeneratorArgs(n.in_channels, n.out_channels, n.nz, n.image_size, n.ngf, n.norm, n.upsample, n.dropout,
+                           n.refine)
     with plugin_code(registry.plugin_of("backbone", n.backbone), f"backbone {n.backbone!r}"):
         G = registry.backbone(n.backbone).build(g_args, registry.injector(n.inject))
     if not isinstance(G, torch.nn.Module):

@@ -59,6 +59,8 @@ class NetworkConfig:
     ndf: int = key(64)
     norm: str = key("instance", choices=NORMS)
     upsample: str = key("basic", choices=UPSAMPLES)
+    refine: int = key(0, "channels of a full-resolution conv block before G's output, so that an edge can fall "
+                         "inside a 2x2 block of a resize-convolution (0: none, as the paper)")
     dropout: bool = key(True)
     d_layers: int = key(3, "stride-2 layers of each PatchGAN scale (3; the original's 128-px D has 2)")
     d_scales: int = key(2, "scales of each multi-scale discriminator (2)")
@@ -383,6 +385,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"loss.kl_warmup must be within [0, 1] (a fraction of the steps), got {cfg.loss.kl_warmup}")
     if not 0.0 <= o.decay_start <= 1.0:
         raise ConfigError(f"optim.decay_start must be within [0, 1], got {o.decay_start}")
+    if n.refine < 0:
+        raise ConfigError(f"net.refine must be 0 (off) or a number of channels, got {n.refine}")
     if not 0.0 <= t.ema < 1.0:
         raise ConfigError(f"train.ema must be within [0, 1) (0: off; e.g. 0.999), got {t.ema}")
     floats = {"optim.lr": o.lr, "optim.lr_d": o.lr_d, "optim.beta1": o.beta1, "optim.beta2": o.beta2,

@@ -68,6 +68,7 @@ class GeneratorArgs:
     norm: str = "instance"
     upsample: str = "basic"
     dropout: bool = False
+    refine: int = 0
 
 
 @dataclass(frozen=True)

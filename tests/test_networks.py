@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bicycle.config import replace
+from bicycle.config import replace, validate
 from bicycle.errors import ConfigError
 from bicycle.nn.discriminator import MultiScaleDiscriminator
 from bicycle.nn.encoder import ConvEncoder, ResNetEncoder
@@ -84,6 +84,21 @@ def test_generator_options(norm, upsample):
     args = GeneratorArgs(3, 3, 8, 32, ngf=4, norm=norm, upsample=upsample)
     G = reg.backbone("unet").build(args, reg.injector("all"))
     assert G(torch.randn(2, 3, 32, 32), torch.randn(2, 8)).shape == (2, 3, 32, 32)
+
+
+def test_refine_puts_a_full_resolution_block_before_the_output_and_is_off_by_default():
+    reg = _registry()
+    plain = reg.backbone("unet").build(GeneratorArgs(3, 3, 8, 32, ngf=4, upsample="nearest"), reg.injector("all"))
+    G = reg.backbone("unet").build(GeneratorArgs(3, 3, 8, 32, ngf=4, upsample="nearest", refine=6), reg.injector("all"))
+    convs = [m for m in G.ups[0] if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(8, 6), (6, 3)]
+    assert [type(m).__name__ for m in plain.ups[0]][-2:] == ["Conv2d", "Tanh"] and len(
+        [m for m in plain.ups[0] if isinstance(m, torch.nn.Conv2d)]) == 1
+    out = G(torch.randn(2, 3, 32, 32), torch.randn(2, 8))
+    assert out.shape == (2, 3, 32, 32) and out.abs().max() <= 1
+    assert tiny_config().net.refine == 0
+    with pytest.raises(ConfigError, match="net.refine must be 0"):
+        validate(tiny_config(**{"net.refine": -1}))
 
 
 def test_dropout_sits_on_inner_8ngf_levels_only():

@@ -193,9 +193,11 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, plugins: Plugins, echo: 
                      "z_sensitivity": grids.history, "ignoring_z_warning": grids.warned,
                      "posterior_collapse": collapse.history if collapse else None,
                      "posterior_collapse_warning": collapse.warned if collapse else None}
-    if not interrupted and run.main:
-        _final_report(run, val, step, summary)
-    elif interrupted:
+    if not interrupted:
+        with run.coord.main_first("final_report"):  # the other ranks tear down with rank 0, not while it reports
+            if run.main:
+                _final_report(run, val, step, summary)
+    else:
         run.echo(f"interrupted at step {step}; resume with: bicycle train --resume {run_dir}")
         run.coord.barrier()  # nobody exits (and makes torchrun stop the others) before rank 0 has printed
     run.notify("bicycle_train_end", step=step, config=cfg, run_dir=run_dir, interrupted=interrupted)
