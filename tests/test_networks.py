@@ -92,6 +92,7 @@ def test_refine_puts_a_full_resolution_block_before_the_output_and_is_off_by_def
     G = reg.backbone("unet").build(GeneratorArgs(3, 3, 8, 32, ngf=4, upsample="nearest", refine=6), reg.injector("all"))
     convs = [m for m in G.ups[0] if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(8, 6), (6, 3)]
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in G.ups[0])  # a norm would drop the output's colour
     assert [type(m).__name__ for m in plain.ups[0]][-2:] == ["Conv2d", "Tanh"] and len(
         [m for m in plain.ups[0] if isinstance(m, torch.nn.Conv2d)]) == 1
     out = G(torch.randn(2, 3, 32, 32), torch.randn(2, 8))

@@ -29,7 +29,7 @@ class UNetGenerator(nn.Module):
     """G(A, z): A [N, in, S, S], z [N, nz] -> B [N, out, S, S] in [-1, 1], with ``depth`` levels.
 
     ``args.refine`` > 0: the outermost up block ends in a full-resolution block (its up-sampling to ``refine``
-    channels, norm, ReLU, 3x3 conv to the output) instead of up-sampling straight to the output.
+    channels, ReLU, 3x3 conv to the output) instead of up-sampling straight to the output.
     Dropout (p=0.5) is applied, when enabled, after the up convs of the 8*ngf levels 4..depth-2,
     as in the reference. The innermost level has no norm on its down path (its output may be 1x1).
     """
@@ -61,10 +61,9 @@ class UNetGenerator(nn.Module):
             up_in = out_ch[i] if innermost else decoded(i + 1) + out_ch[i]
             up: list[nn.Module] = [nn.ReLU()]
             if outermost and args.refine:
-                up += _upsample(args.upsample, up_in, args.refine) + [norm_layer(args.norm, args.refine), nn.ReLU(),
-                                                                      nn.ReflectionPad2d(1),
-                                                                      nn.Conv2d(args.refine, args.out_channels, 3)]
-                up.append(nn.Tanh())
+                # no norm here: an instance norm would take away the absolute colour the output needs
+                up += _upsample(args.upsample, up_in, args.refine) + [nn.ReLU(), nn.ReflectionPad2d(1),
+                                                                      nn.Conv2d(args.refine, args.out_channels, 3), nn.Tanh()]
             elif outermost:
                 up += _upsample(args.upsample, up_in, args.out_channels) + [nn.Tanh()]
             else:
