@@ -60,12 +60,11 @@ class UNetGenerator(nn.Module):
             downs.append(nn.Sequential(*down))
             up_in = out_ch[i] if innermost else decoded(i + 1) + out_ch[i]
             up: list[nn.Module] = [nn.ReLU()]
-            if outermost and args.refine:
-                # no norm here: an instance norm would take away the absolute colour the output needs
-                up += _upsample(args.upsample, up_in, args.refine) + [nn.ReLU(), nn.ReflectionPad2d(1),
-                                                                      nn.Conv2d(args.refine, args.out_channels, 3), nn.Tanh()]
-            elif outermost:
-                up += _upsample(args.upsample, up_in, args.out_channels) + [nn.Tanh()]
+            if outermost:
+                up += _upsample(args.upsample, up_in, args.refine or args.out_channels)
+                if args.refine:  # no norm here: an instance norm would take away the absolute colour the output needs
+                    up += [nn.ReLU(), nn.ReflectionPad2d(1), nn.Conv2d(args.refine, args.out_channels, 3)]
+                up.append(nn.Tanh())
             else:
                 up += _upsample(args.upsample, up_in, in_ch[i]) + [norm_layer(args.norm, in_ch[i])]
                 if args.dropout and 4 <= i <= depth - 2:

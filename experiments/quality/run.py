@@ -4,8 +4,8 @@
     python experiments/quality/run.py --tasks 10000 10001 ... [--image-size 128] [--label NAME] [--again]
         [-- extra bicycle train flags]
 
-Per task, as subprocesses (``--jobs`` tasks at a time, default one): ``bicycle train --data procedural:N --image-size S [--backbone
-unetS] --run-dir RUNS/<label>/task_N [FLAGS]``, then ``bicycle eval --inputs 100 --samples 20`` with each z
+Per task, as subprocesses (``--jobs`` tasks at a time, default one): ``bicycle train --data procedural:N
+--image-size S [--backbone unetS] --run-dir RUNS/<label>/task_N [FLAGS]``, then ``bicycle eval --inputs 100 --samples 20`` with each z
 source. The task's row (its description, the train wall time from the run's own summary.json, both sources'
 measures, the encoded-output rate) goes to ``results/<label>/task_N.json`` as soon as it ends; a task whose
 row exists is reused, a run dir without a summary is resumed with ``bicycle train --resume``.
