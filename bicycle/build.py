@@ -161,13 +161,16 @@ def build_networks(cfg: RunConfig, registry: Registry, *, inference: bool = Fals
         raise PluginError(f"plugin {registry.plugin_of('backbone', n.backbone)!r}: backbone {n.backbone!r} built a "
                           f"{type(G).__name__}, not a torch.nn.Module")
 
+    def own_norm(kind: str) -> str:
+        return n.norm if kind == "same" else kind
+
     def disc() -> MultiScaleDiscriminator:
         channels = n.out_channels + (n.in_channels if n.conditional_d else 0)
-        norm = n.norm if n.d_norm == "same" else n.d_norm
-        return MultiScaleDiscriminator(channels, n.image_size, n.ndf, n.d_layers, n.d_scales, norm,
+        return MultiScaleDiscriminator(channels, n.image_size, n.ndf, n.d_layers, n.d_scales, own_norm(n.d_norm),
                                        parse_policy(n.diffaug), n.spectral_norm)
 
-    E = ENCODERS[n.encoder](n.out_channels, n.nz, n.image_size, n.nef, n.norm) if model.uses_encoder else None
+    E = (ENCODERS[n.encoder](n.out_channels, n.nz, n.image_size, n.nef, own_norm(n.e_norm)) if model.uses_encoder
+         else None)
     if inference:
         return Nets(G=G, E=E)
     D = disc()

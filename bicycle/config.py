@@ -19,7 +19,7 @@ from bicycle.errors import ConfigError
 
 MODELS = ("bicycle", "pix2pix", "cae-gan", "cvae-gan", "clr-gan")
 NORMS = ("instance", "batch", "none")
-D_NORMS = ("same",) + NORMS  # "same": as net.norm
+SUB_NORMS = ("same",) + NORMS  # "same": as net.norm
 UPSAMPLES = ("basic", "bilinear", "nearest")
 ENCODERS = ("resnet", "conv")
 GAN_MODES = ("lsgan", "vanilla")
@@ -65,7 +65,9 @@ class NetworkConfig:
     d_layers: int = key(3, "stride-2 layers of each PatchGAN scale (3; the original's 128-px D has 2)")
     d_scales: int = key(2, "scales of each multi-scale discriminator (2)")
     d_norm: str = key("same", "normalization inside D and D2: same (as --norm, as the paper), instance, batch or none",
-                      choices=D_NORMS)
+                      choices=SUB_NORMS)
+    e_norm: str = key("same", "normalization inside E: same (as --norm, as the paper), instance, batch or none",
+                      choices=SUB_NORMS)
     gan_mode: str = key("lsgan", choices=GAN_MODES)
     conditional_d: bool = key(False, "D and D2 judge A beside B, so the random-z branch is told whether its output "
                                      "fits the input (the original's --conditional_D; off, as the paper)")

@@ -156,7 +156,21 @@ def test_d_norm_chooses_the_discriminators_normalization_and_leaves_g_and_e_alon
 
 
 
-@pytest.mark.parametrize(("key", "flag"), [("net.norm", "--norm"), ("net.d_norm", "--d-norm")])
+@pytest.mark.parametrize(("norm", "e_norm", "want"), [("instance", "same", {"InstanceNorm"}), ("instance", "none", set()),
+                                                      ("batch", "instance", {"InstanceNorm"})])
+def test_e_norm_chooses_the_encoders_normalization_and_leaves_g_and_d_alone(norm, e_norm, want):
+    from bicycle.build import build_networks
+    from bicycle.plugins import get_plugins
+    from tiny import tiny_config
+
+    nets = build_networks(tiny_config(**{"net.norm": norm, "net.e_norm": e_norm}), get_plugins().registry)
+    assert {type(m).__name__ for m in nets.E.modules() if "Norm" in type(m).__name__} == want
+    own = "InstanceNorm" if norm == "instance" else "BatchNorm2d"
+    for net in (nets.G, nets.D):
+        assert {type(m).__name__ for m in net.modules() if "Norm" in type(m).__name__} == {own}
+
+
+@pytest.mark.parametrize(("key", "flag"), [("net.norm", "--norm"), ("net.d_norm", "--d-norm"), ("net.e_norm", "--e-norm")])
 def test_batch_norm_anywhere_is_refused_under_torchrun(key, flag):
     from bicycle.commands.preflight import check_parallel
     from bicycle.errors import ConfigError

@@ -173,8 +173,9 @@ def check_world(world: World, preset: str, run_dir: Path | None, resume_dir: Pat
 
 def check_parallel(world: World, cfg: RunConfig) -> None:
     """Data parallelism: settings the ranks cannot share."""
-    if world.launched and "batch" in (cfg.net.norm, cfg.net.d_norm):
-        flag = "--norm" if cfg.net.norm == "batch" else "--d-norm"
+    norms = {"--norm": cfg.net.norm, "--d-norm": cfg.net.d_norm, "--e-norm": cfg.net.e_norm}
+    flag = next((f for f, v in norms.items() if v == "batch"), None)
+    if world.launched and flag is not None:
         raise ConfigError(f"{flag} batch under torchrun would need SyncBatchNorm, which bicycle does not use: train "
                           f"with instance norm (the paper's) or in one process")
     if world.launched and cfg.loss.kl_free_bits > 0:
