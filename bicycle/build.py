@@ -169,8 +169,8 @@ def build_networks(cfg: RunConfig, registry: Registry, *, inference: bool = Fals
         return MultiScaleDiscriminator(channels, n.image_size, n.ndf, n.d_layers, n.d_scales, own_norm(n.d_norm),
                                        parse_policy(n.diffaug), n.spectral_norm)
 
-    E = (ENCODERS[n.encoder](n.out_channels, n.nz, n.image_size, n.nef, own_norm(n.e_norm), n.e_pool)
-         if model.uses_encoder else None)
+    E = (ENCODERS[n.encoder](n.out_channels, n.nz, n.image_size, n.nef, own_norm(n.e_norm)) if model.uses_encoder
+         else None)
     if inference:
         return Nets(G=G, E=E)
     D = disc()

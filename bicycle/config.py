@@ -22,7 +22,6 @@ NORMS = ("instance", "batch", "none")
 SUB_NORMS = ("same",) + NORMS  # "same": as net.norm
 UPSAMPLES = ("basic", "bilinear", "nearest")
 ENCODERS = ("resnet", "conv")
-E_POOLS = ("avg", "avgmax")
 GAN_MODES = ("lsgan", "vanilla")
 DIRECTIONS = ("AtoB", "BtoA")
 PRECISIONS = ("fp32", "bf16")
@@ -67,8 +66,6 @@ class NetworkConfig:
     d_scales: int = key(2, "scales of each multi-scale discriminator (2)")
     d_norm: str = key("same", "normalization inside D and D2: same (as --norm, as the paper), instance, batch or none",
                       choices=SUB_NORMS)
-    e_pool: str = key("avg", "E's global pooling: avg (as the paper) or avgmax (each channel's mean and maximum, so "
-                             "that a small region's colour counts as much as a large one's)", choices=E_POOLS)
     e_norm: str = key("same", "normalization inside E: same (as --norm, as the paper), instance, batch or none",
                       choices=SUB_NORMS)
     gan_mode: str = key("lsgan", choices=GAN_MODES)

@@ -76,8 +76,8 @@ CASES = [
     pytest.param({"net.inject": "all", "net.upsample": "basic", "train.model": "pix2pix", "net.out_channels": 1},
                  id="all-basic-noE-3to1"),
     pytest.param({"net.inject": "all-film", "net.upsample": "basic", "net.encoder": "resnet"}, id="all_film-basic-E_resnet"),
-    pytest.param({"net.inject": "all-film", "net.upsample": "nearest", "net.encoder": "resnet", "net.e_pool": "avgmax"},
-                 id="all_film-nearest-E_resnet_avgmax"),
+    pytest.param({"net.inject": "all-film", "net.upsample": "nearest", "net.encoder": "resnet"},
+                 id="all_film-nearest-E_resnet"),
 ]
 
 

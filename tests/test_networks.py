@@ -117,20 +117,6 @@ def test_encoders_return_mu_logvar_at_any_resolution(encoder, size):
     assert mu.shape == logvar.shape == (3, 8)
 
 
-@pytest.mark.parametrize("encoder", [ResNetEncoder, ConvEncoder])
-def test_avgmax_pool_lets_a_small_region_count_as_much_as_a_large_one(encoder):
-    from bicycle.nn.encoder import AvgMaxPool
-
-    small, large = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
-    small[..., 3, 3], large[..., 2:6, 2:6] = 1.0, 1.0
-    (mean_s, max_s), (mean_l, max_l) = AvgMaxPool()(small).flatten(), AvgMaxPool()(large).flatten()
-    assert max_s == max_l == 1.0 and mean_s == mean_l / 16
-    E = encoder(3, 8, 64, nef=4, pool="avgmax")
-    assert E.fc_mu.in_features == 2 * encoder(3, 8, 64, nef=4).fc_mu.in_features
-    mu, logvar = E(torch.randn(2, 3, 64, 64))
-    assert mu.shape == logvar.shape == (2, 8)
-
-
 @pytest.mark.parametrize("size,expected_scales", [(32, 2), (64, 2), (96, 2), (256, 2)])
 def test_discriminator_scales_adapt(size, expected_scales):
     D = MultiScaleDiscriminator(3, size, ndf=4, n_layers=3, scales=2)

@@ -1,9 +1,6 @@
 """Encoders E(B) -> (mu, logvar), each [N, nz], at any resolution (adaptive global pooling)."""
 from __future__ import annotations
 
-from functools import partial
-
-import torch
 from torch import Tensor, nn
 
 from bicycle.nn.layers import floor_log2, init_weights, norm_layer
@@ -29,24 +26,6 @@ def encoder_blocks(image_size: int) -> int:
     return max(2, min(5, floor_log2(image_size) - 3))
 
 
-class AvgMaxPool(nn.Module):
-    """[N, C, H, W] -> [N, 2C, 1, 1]: each channel's spatial mean, then its maximum. The maximum does not shrink
-    with the area of what a channel responds to, so a small region's colour reaches the heads as strongly as a
-    large one's."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)], dim=1)
-
-
-POOLS = {"avg": (partial(nn.AdaptiveAvgPool2d, 1), 1), "avgmax": (AvgMaxPool, 2)}
-
-
-def global_pool(kind: str) -> tuple[nn.Module, int]:
-    """The global pooling ``kind`` and how many features it makes per channel."""
-    make, per_channel = POOLS[kind]
-    return make(), per_channel
-
-
 class _GaussianHeads(nn.Module):
     """conv trunk -> global features [N, C] -> (mu, logvar), each [N, nz], from two linear heads."""
 
@@ -60,11 +39,10 @@ class _GaussianHeads(nn.Module):
 
 
 class ResNetEncoder(_GaussianHeads):
-    """E_ResNet: 4x4 stride-2 conv, then n-1 BasicBlocks (channels nef*min(4, k)), global pool (avg, as the
-    original, or :class:`AvgMaxPool`), two linear heads. B [N, in, S, S] -> (mu, logvar) [N, nz]."""
+    """E_ResNet: 4x4 stride-2 conv, then n-1 BasicBlocks (channels nef*min(4, k)), global avg pool,
+    two linear heads. B [N, in, S, S] -> (mu, logvar) [N, nz]."""
 
-    def __init__(self, in_channels: int, nz: int, image_size: int, nef: int = 64, norm: str = "instance",
-                 pool: str = "avg") -> None:
+    def __init__(self, in_channels: int, nz: int, image_size: int, nef: int = 64, norm: str = "instance") -> None:
         super().__init__()
         n_blocks = encoder_blocks(image_size)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, nef, 4, 2, 1)]
@@ -72,20 +50,18 @@ class ResNetEncoder(_GaussianHeads):
         for n in range(1, n_blocks):
             cin, cout = nef * min(4, n), nef * min(4, n + 1)
             layers.append(BasicBlock(cin, cout, norm))
-        pooling, per_channel = global_pool(pool)
-        layers += [nn.LeakyReLU(0.2), pooling]
+        layers += [nn.LeakyReLU(0.2), nn.AdaptiveAvgPool2d(1)]
         self.conv = nn.Sequential(*layers)
-        self.fc_mu = nn.Linear(cout * per_channel, nz)
-        self.fc_logvar = nn.Linear(cout * per_channel, nz)
+        self.fc_mu = nn.Linear(cout, nz)
+        self.fc_logvar = nn.Linear(cout, nz)
         init_weights(self)
 
 
 class ConvEncoder(_GaussianHeads):
     """E_NLayers: stride-2 4x4 convs (channels nef*min(4, 2**k), as the original) with norm + LeakyReLU,
-    global pool (as :class:`ResNetEncoder`), two linear heads. B [N, in, S, S] -> (mu, logvar) [N, nz]."""
+    global avg pool, two linear heads. B [N, in, S, S] -> (mu, logvar) [N, nz]."""
 
-    def __init__(self, in_channels: int, nz: int, image_size: int, nef: int = 64, norm: str = "instance",
-                 pool: str = "avg") -> None:
+    def __init__(self, in_channels: int, nz: int, image_size: int, nef: int = 64, norm: str = "instance") -> None:
         super().__init__()
         n_layers = encoder_blocks(image_size) - 1
         layers: list[nn.Module] = [nn.Conv2d(in_channels, nef, 4, 2, 1), nn.LeakyReLU(0.2)]
@@ -93,11 +69,10 @@ class ConvEncoder(_GaussianHeads):
         for n in range(1, n_layers + 1):
             cin, cout = nef * min(4, 2 ** (n - 1)), nef * min(4, 2**n)
             layers += [nn.Conv2d(cin, cout, 4, 2, 1), norm_layer(norm, cout), nn.LeakyReLU(0.2)]
-        pooling, per_channel = global_pool(pool)
-        layers.append(pooling)
+        layers.append(nn.AdaptiveAvgPool2d(1))
         self.conv = nn.Sequential(*layers)
-        self.fc_mu = nn.Linear(cout * per_channel, nz)
-        self.fc_logvar = nn.Linear(cout * per_channel, nz)
+        self.fc_mu = nn.Linear(cout, nz)
+        self.fc_logvar = nn.Linear(cout, nz)
         init_weights(self)
 
 
