@@ -73,3 +73,32 @@ def test_the_photo_signals_foreground_iou_tells_a_filled_outline_from_a_blob_of_
     assert module.foreground_iou(outs[:, :1], truth) == 1.0
     assert module.foreground_iou(outs[:, 1:2], truth) == 0.0
     assert module.foreground_iou(outs[:, 2:], truth) == 0.0
+
+
+def test_the_sensitivity_changes_one_factor_and_the_oracle_agrees_which_changes_are_valid(tmp_path, capsys):
+    from click.testing import CliRunner
+
+    from bicycle.cli import main
+    from bicycle.data.procedural import ProceduralDataset
+
+    spec = importlib.util.spec_from_file_location("quality_sensitivity", ROOT / "experiments" / "quality" / "sensitivity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ds = ProceduralDataset(5, 64, "val")  # a silhouette task with noise and shading
+    a, variants = module.changes(ds, 6)
+    valid = {name: ds.is_valid(a, b).float().mean().item() for name, b in variants.items()}
+    assert valid["real"] == valid["other fill"] == valid["other background"] == 1.0
+    assert valid["blend of two fills"] == valid["fill +24 levels"] == valid["fill +48 levels"] == 0.0
+    modes, n_bg = ds.mode_of(a, variants["real"]), len(ds.backgrounds)
+    assert ((ds.mode_of(a, variants["other fill"]) // n_bg) == (modes // n_bg + 1) % len(ds.fills)).all()
+    assert ((ds.mode_of(a, variants["other background"]) % n_bg) == (modes % n_bg + 1) % n_bg).all()
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--data", "procedural:5", "--image-size", "32", "--steps", "2", "--ngf", "8",
+                                  "--nef", "8", "--ndf", "8", "--batch-size", "2", "--checkpoint-every", "2",
+                                  "--sample-every", "100", "--impl", "ref", "--run-dir", str(run)])
+    assert r.exit_code == 0, r.output
+    row = module.main([str(run), "--inputs", "4"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == row
+    assert row["step"] == 2 and row["real"]["e_shift"] == 0.0 and row["other background"]["e_shift"] > 0
+    assert all(r["d"] >= 0 and r["d2"] >= 0 for name, r in row.items() if isinstance(r, dict))
