@@ -20,8 +20,8 @@ import json
 import torch
 
 from bicycle import io
-from bicycle.build import build_networks
-from bicycle.data.procedural import LEVEL, ProceduralDataset, parse_task
+from bicycle.build import build_eval_dataset, build_networks
+from bicycle.data.procedural import LEVEL, ProceduralDataset
 from bicycle.plugins import get_plugins
 
 
@@ -53,7 +53,8 @@ def changes(ds: ProceduralDataset, n: int) -> tuple[torch.Tensor, dict[str, torc
         "blend of two fills": refill((old_fill + next_fill) / 2),
         "fill +24 levels": refill(old_fill + 24 * shift),
         "fill +48 levels": refill(old_fill + 48 * shift),
-        "other background": torch.where(inside, b, b - old_bg.view(-1, 3, 1, 1) + next_bg.view(-1, 3, 1, 1)).clamp(-1, 1),
+        "other background": torch.where(inside, b, b - old_bg.view(-1, 3, 1, 1) + next_bg.view(-1, 3, 1, 1))
+        .clamp(-1, 1),
     }
 
 
@@ -67,10 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     io.load_networks(ckpt, nets)
     for _, m in nets.items():
         m.eval()
-    data = ckpt.config.data.data
-    if not data.startswith("procedural:"):
-        raise SystemExit(f"{args.run}: trained on {data!r}, not on --data procedural:N")
-    ds = ProceduralDataset(parse_task(data.split(":", 1)[1]), ckpt.config.net.image_size, "val")
+    ds = build_eval_dataset(ckpt.config, get_plugins().registry, model_channels=True)
+    if not isinstance(ds, ProceduralDataset):
+        raise SystemExit(f"{args.run}: trained on {ckpt.config.data.data!r}, not on --data procedural:N")
     a, variants = changes(ds, args.inputs)
     out: dict = {"run": args.run, "step": ckpt.step, "inputs": args.inputs}
     with torch.no_grad():
